@@ -1,0 +1,100 @@
+"""Apply an h-space direction to images and show the result as a strip.
+
+Images are tensors in [0, 1] (what users load and save); the model works in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image, ImageDraw
+
+from localedit.ddim import DEFAULT_STEPS, Edit, EditSchedule, denoise, invert
+from localedit.hspace import h_shape
+from localedit.models import DiffusionModel
+
+
+def unit_direction(direction: torch.Tensor, model: DiffusionModel) -> torch.Tensor:
+    """Flatten and normalise; refuse a direction of the wrong h-space size."""
+    v = torch.as_tensor(direction, dtype=torch.float32).reshape(-1)
+    h_dim = math.prod(h_shape(model.unet))
+    if v.numel() != h_dim:
+        raise ValueError(f"direction has {v.numel()} entries but this model's h-space has {h_dim}")
+    norm = v.norm()
+    if not torch.isfinite(norm) or norm == 0:
+        raise ValueError("direction must be a finite, non-zero vector")
+    return v / norm
+
+
+def edit(
+    model: DiffusionModel,
+    images: torch.Tensor | None,
+    direction: torch.Tensor,
+    alphas: Sequence[float],
+    schedule: EditSchedule = EditSchedule(),
+    num_steps: int = DEFAULT_STEPS,
+    x_T: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Edit each image (n, C, H, W in [0, 1]) at every alpha: returns (n, len(alphas), C, H, W) in [0, 1].
+
+    Give ``images`` (real images, DDIM-inverted first) or their inverted ``x_T``. alpha = 0
+    is the plain reconstruction, so a strip shows what the edit alone changed.
+    """
+    if (images is None) == (x_T is None):
+        raise ValueError("give exactly one of images or x_T")
+    if x_T is None:
+        x_T = invert(model, images.to(model.device) * 2 - 1, num_steps)
+    v = unit_direction(direction, model).to(model.device)
+    a = torch.as_tensor(list(alphas), dtype=torch.float32, device=model.device)
+    n, m = x_T.shape[0], len(a)
+    batch = x_T.repeat_interleave(m, 0)
+    out = denoise(model, batch, num_steps, edit=Edit(v, a.repeat(n), schedule))
+    return ((out.clamp(-1, 1) + 1) / 2).view(n, m, *out.shape[1:]).cpu()
+
+
+def _to_pil(img: torch.Tensor, scale: int) -> Image.Image:
+    arr = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    pil = Image.fromarray(arr)
+    return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+
+
+def write_strip(
+    path: str | Path,
+    originals: torch.Tensor,
+    edited: torch.Tensor,
+    alphas: Sequence[float],
+    box: tuple[int, int, int, int] | None = None,
+    mask: torch.Tensor | None = None,
+    scale: int = 4,
+) -> Path:
+    """PNG grid: one row per image (original, then each alpha), region outlined in red.
+
+    ``box`` (top, left, bottom, right in pixels) or a ``mask`` marks the region; a header row
+    labels the alphas. Written to a temporary name and renamed, so no half-written PNG is left.
+    """
+    n, m = edited.shape[:2]
+    h, w = originals.shape[-2:]
+    cell_w, cell_h, header = w * scale, h * scale, 14
+    canvas = Image.new("RGB", ((m + 1) * (cell_w + 2), header + n * (cell_h + 2)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, label in enumerate(["original"] + [f"a={a:+.2f}" for a in alphas]):
+        draw.text((j * (cell_w + 2) + 2, 1), label, fill="black")
+    if mask is not None and box is None:
+        rows, cols = torch.nonzero(mask > 0, as_tuple=True)
+        box = (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
+    for i in range(n):
+        for j, img in enumerate([originals[i]] + list(edited[i])):
+            x0, y0 = j * (cell_w + 2), header + i * (cell_h + 2)
+            canvas.paste(_to_pil(img, scale), (x0, y0))
+            if box is not None:
+                t, l, b, r = box
+                draw.rectangle([x0 + l * scale, y0 + t * scale, x0 + r * scale - 1, y0 + b * scale - 1], outline="red")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    canvas.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path

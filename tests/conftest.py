@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny random UNet2DModels, so unit tests never need the bundled model."""
+
+import pytest
+import torch
+from diffusers import UNet2DModel
+
+from localedit.models import from_unet
+
+
+def tiny_unet(size: int = 16, seed: int = 0, channels=(8, 16)) -> UNet2DModel:
+    torch.manual_seed(seed)
+    unet = UNet2DModel(
+        sample_size=size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=channels,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D",) * len(channels),
+        up_block_types=("UpBlock2D",) * len(channels),
+        norm_num_groups=4,
+        attention_head_dim=4,
+    )
+    # Random init leaves conv_out at zero scale in some versions; perturb so eps depends on h.
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return unet
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    torch.set_num_threads(1)
+    return from_unet(tiny_unet())

@@ -1,0 +1,70 @@
+import math
+
+import pytest
+import torch
+
+from localedit.hspace import encode
+from localedit.jacobian import MaskedJacobian, exact_jacobian, subspaces
+
+
+def _max_angle_deg(a: torch.Tensor, b: torch.Tensor) -> float:
+    cos = torch.linalg.svdvals(a.T @ b).min().clamp(max=1.0)
+    return math.degrees(math.acos(float(cos)))
+
+
+@pytest.fixture(scope="module")
+def state(tiny_model):
+    return encode(tiny_model.unet, torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(3)), 500)
+
+
+@pytest.fixture(scope="module")
+def masks():
+    m = torch.zeros(3, 16, 16)
+    m[0, 2:7, 2:14] = 1  # "eyes"
+    m[1, 10:15, 4:12] = 1  # "mouth"
+    m[2] = 1  # global
+    return m
+
+
+def test_products_match_the_explicit_jacobian(tiny_model, state, masks):
+    op = MaskedJacobian(tiny_model, state, masks)
+    J = exact_jacobian(tiny_model, state, masks[0])
+    V = torch.randn(1, op.dim, 3)
+    torch.testing.assert_close(op.jvp(V.expand(3, -1, -1))[0].reshape(3, -1).T, J @ V[0], rtol=1e-4, atol=1e-5)
+    U = torch.randn(3, 2, *op.out_shape)
+    torch.testing.assert_close(op.vjp(U)[0], J.T @ U[0].reshape(2, -1).T, rtol=1e-4, atol=1e-5)
+    # The mask really restricts the output: pixels outside the region get nothing.
+    assert torch.count_nonzero(J.view(3, 16, 16, -1)[:, :, 0]) == 0
+
+
+def test_subspaces_match_exact_svd(tiny_model, state, masks):
+    k = 6
+    found = subspaces(tiny_model, state, masks, k=k, tol=1e-4, max_iter=200)
+    for a, sub in enumerate(found):
+        J = exact_jacobian(tiny_model, state, masks[a])
+        _, S, Vh = torch.linalg.svd(J, full_matrices=False)
+        assert sub.basis.shape == (J.shape[1], k)
+        assert _max_angle_deg(sub.basis, Vh[:k].T) < 1.0
+        torch.testing.assert_close(sub.singular_values, S[:k], rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(sub.basis.T @ sub.basis, torch.eye(k), rtol=0, atol=1e-5)
+        # Ritz vectors are individually right: each is close to its exact singular vector.
+        assert torch.all((sub.basis * Vh[:k].T).sum(0).abs()[:3] > 0.999)
+        assert sub.converged and sub.residual < 1e-3
+
+
+def test_region_subspaces_differ(tiny_model, state, masks):
+    eyes, mouth, _ = subspaces(tiny_model, state, masks, k=4, tol=1e-3)
+    assert _max_angle_deg(eyes.basis, mouth.basis) > 30
+
+
+def test_iteration_cap_is_reported(tiny_model, state, masks):
+    (sub,) = subspaces(tiny_model, state, masks[:1], k=4, tol=1e-12, max_iter=2)
+    assert sub.iterations == 2 and not sub.converged
+
+
+def test_bad_arguments(tiny_model, state, masks):
+    with pytest.raises(ValueError, match="regions, H, W"):
+        subspaces(tiny_model, state, masks[0], k=4)
+    batch_state = encode(tiny_model.unet, torch.randn(2, 3, 16, 16), 500)
+    with pytest.raises(ValueError, match="one image at a time"):
+        subspaces(tiny_model, batch_state, masks, k=4)
