@@ -77,6 +77,14 @@ def learning_rate(config: TrainConfig, progress: float, step: int) -> float:
     return config.final_learning_rate + (config.learning_rate - config.final_learning_rate) * cos
 
 
+def _canonical(config: dict) -> str:
+    """What must match to resume, as JSON (a saved tuple equals a list passed back through Prefect).
+
+    The time budget may change between sessions: extending it just lengthens the cosine decay.
+    """
+    return json.dumps({k: v for k, v in config.items() if k != "time_budget_minutes"}, sort_keys=True)
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -106,7 +114,7 @@ def train(config: TrainConfig, work_dir: str | Path, progress: bool = True) -> T
     ckpt_path = work_dir / CHECKPOINT
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
-        if state["config"] != asdict(config):
+        if _canonical(state["config"]) != _canonical(asdict(config)):
             raise ValueError(f"{ckpt_path} was written with another configuration; use a new work_dir")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])

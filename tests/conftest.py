@@ -1,10 +1,15 @@
 """Shared fixtures: tiny random UNet2DModels, so unit tests never need the bundled model."""
 
-import pytest
-import torch
-from diffusers import UNet2DModel
+import os
 
-from localedit.models import from_unet
+# Tests never touch the network: the hub client reads this when it is first imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from diffusers import UNet2DModel  # noqa: E402
+
+from localedit.models import from_unet  # noqa: E402
 
 
 def tiny_unet(size: int = 16, seed: int = 0, channels=(8, 16)) -> UNet2DModel:
@@ -31,3 +36,12 @@ def tiny_unet(size: int = 16, seed: int = 0, channels=(8, 16)) -> UNet2DModel:
 def tiny_model():
     torch.set_num_threads(1)
     return from_unet(tiny_unet())
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One temporary Prefect API for the whole session (a cold start is ~15 s, slower on a busy machine)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

@@ -1,0 +1,112 @@
+"""Bundled generator images for mining edits ("mine") and checking they transfer ("heldout").
+
+The rows are stratified rather than drawn at random: with 24 images per split a plain draw
+can miss closed eyes or an end of the expression range, and then an edit that opens eyes or
+turns a frown into a smile could not be evaluated on that split. Each split gets equal
+shares of (closed | open eyes) x (six expression bins over [-1, 1]).
+
+Regenerate with ``python -m localedit.samples``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from localedit.synthetic import CLOSED_EYE, render, sample_factors
+
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "data" / "samples"
+SPLITS = ("mine", "heldout")
+EXPRESSION_BINS = 6
+POOL_PER_IMAGE = 20  # candidates drawn per requested image; every stratum then has plenty
+
+
+def _stratified_rows(n_mine: int, n_heldout: int, seed: int) -> pd.DataFrame:
+    """Disjoint stratified picks from one seeded pool, tagged with their split."""
+    pool = sample_factors(POOL_PER_IMAGE * (n_mine + n_heldout), seed)
+    closed = pool["eye_openness"] < CLOSED_EYE
+    expression_bin = np.minimum(((pool["expression"] + 1) / 2 * EXPRESSION_BINS).astype(int), EXPRESSION_BINS - 1)
+    strata = [list(pool.index[(closed == c) & (expression_bin == b)]) for c in (True, False) for b in range(EXPRESSION_BINS)]
+    rng = np.random.default_rng(seed)
+    for members in strata:
+        rng.shuffle(members)
+    picks = []
+    for split, n in zip(SPLITS, (n_mine, n_heldout)):
+        # Round-robin over the strata, starting at a random one so small n is not biased.
+        order = np.roll(np.arange(len(strata)), -int(rng.integers(len(strata))))
+        for i in range(n):
+            stratum = strata[order[i % len(strata)]]
+            if not stratum:
+                raise ValueError("factor pool too small for the requested number of images")
+            picks.append((split, stratum.pop()))
+    rows = pool.loc[[index for _, index in picks]].reset_index(drop=True)
+    rows.insert(0, "split", [split for split, _ in picks])
+    return rows
+
+
+def write_samples(
+    out_dir: str | Path = SAMPLES_DIR, n_mine: int = 24, n_heldout: int = 24, seed: int = 2024, size: int = 32
+) -> pd.DataFrame:
+    """Render the stratified rows to ``{split}_{i:03d}.png`` plus ``factors.csv``; returns the table."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = _stratified_rows(n_mine, n_heldout, seed)
+    images = render(rows.drop(columns="split"), size)
+    counters = dict.fromkeys(SPLITS, 0)
+    files = []
+    for split, image in zip(rows["split"], images):
+        name = f"{split}_{counters[split]:03d}.png"
+        counters[split] += 1
+        pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(out_dir / name)
+        files.append(name)
+    rows.insert(0, "file", files)
+    rows.to_csv(out_dir / "factors.csv", index=False)
+    return rows
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """An RGB image as a (3, size, size) float tensor in [0, 1]; no silent resizing."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            pixels = np.asarray(img.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+    h, w = pixels.shape[:2]
+    if (h, w) != (size, size):
+        raise ValueError(f"image {path} is {w}x{h} pixels; expected {size}x{size}")
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255
+
+
+def load_samples(split: str | None = None, root: str | Path = SAMPLES_DIR) -> tuple[torch.Tensor, pd.DataFrame]:
+    """Bundled images (n, 3, H, W) in [0, 1] and their factor rows; split=None loads both."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {SPLITS} or None")
+    root = Path(root)
+    factors = pd.read_csv(root / "factors.csv")
+    if split is not None:
+        factors = factors[factors["split"] == split].reset_index(drop=True)
+    with Image.open(root / factors["file"].iloc[0]) as first:
+        size = first.width
+    images = torch.stack([load_image(root / f, size) for f in factors["file"]])
+    return images, factors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Write the bundled sample images to data/samples.")
+    parser.add_argument("--out", type=Path, default=SAMPLES_DIR)
+    parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--size", type=int, default=32)
+    args = parser.parse_args()
+    rows = write_samples(args.out, seed=args.seed, size=args.size)
+    print(f"wrote {len(rows)} images to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

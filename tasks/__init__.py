@@ -1,0 +1,1 @@
+"""Prefect tasks over the localedit library: they take run directories and ids, never tensors or models."""

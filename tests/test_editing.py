@@ -1,0 +1,49 @@
+import pytest
+import torch
+from PIL import Image
+
+from localedit.ddim import EditSchedule
+from localedit.editing import edit, unit_direction, write_strip
+from localedit.hspace import h_shape
+
+
+def test_zero_alpha_is_the_reconstruction_and_edits_grow_with_alpha(tiny_model):
+    x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    v = torch.randn(torch.Size(h_shape(tiny_model.unet)).numel(), generator=torch.Generator().manual_seed(1))
+    out = edit(tiny_model, None, v, [0.0, 0.1, 0.4], num_steps=10, x_T=x_T)
+    again = edit(tiny_model, None, 5 * v, [0.0, 0.1, 0.4], num_steps=10, x_T=x_T)
+    assert out.shape == (2, 3, 3, 16, 16) and out.min() >= 0 and out.max() <= 1
+    torch.testing.assert_close(out, again)  # only the direction's orientation matters
+    small = (out[:, 1] - out[:, 0]).abs().mean()
+    large = (out[:, 2] - out[:, 0]).abs().mean()
+    assert 0 < small < large
+
+
+def test_schedule_limits_where_the_edit_acts(tiny_model):
+    x_T = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    v = torch.randn(torch.Size(h_shape(tiny_model.unet)).numel())
+    late = edit(tiny_model, None, v, [0.0, 0.3], EditSchedule("from_t_edit", 500), num_steps=10, x_T=x_T)
+    every = edit(tiny_model, None, v, [0.0, 0.3], EditSchedule("all"), num_steps=10, x_T=x_T)
+    never = edit(tiny_model, None, v, [0.0, 0.3], EditSchedule("from_t_edit", 2000), num_steps=10, x_T=x_T)
+    torch.testing.assert_close(never[:, 0], never[:, 1])
+    assert (every[:, 1] - every[:, 0]).abs().sum() > (late[:, 1] - late[:, 0]).abs().sum() > 0
+
+
+def test_bad_directions_are_refused(tiny_model):
+    d = torch.Size(h_shape(tiny_model.unet)).numel()
+    with pytest.raises(ValueError, match=f"this model's h-space has {d}"):
+        unit_direction(torch.ones(d + 1), tiny_model)
+    with pytest.raises(ValueError, match="non-zero"):
+        unit_direction(torch.zeros(d), tiny_model)
+    with pytest.raises(ValueError, match="exactly one of"):
+        edit(tiny_model, None, torch.ones(d), [0.1])
+
+
+def test_strip_layout(tmp_path):
+    originals = torch.rand(2, 3, 16, 16)
+    edited = torch.rand(2, 3, 3, 16, 16)
+    path = write_strip(tmp_path / "s.png", originals, edited, [-0.1, 0, 0.1], box=(2, 3, 8, 12), scale=4)
+    img = Image.open(path)
+    assert img.size == (4 * (16 * 4 + 2), 14 + 2 * (16 * 4 + 2))
+    assert img.getpixel((3 * 4, 14 + 2 * 4)) == (255, 0, 0)  # region outline, top-left corner
+    assert not list(tmp_path.glob("*.partial"))
