@@ -34,10 +34,19 @@ def test_round_trip_is_accurate_and_improves_with_steps(damped_model):
 
 
 def test_denoise_in_two_legs_equals_one(tiny_model):
-    x_T, full = sample(tiny_model, 1, seed=2, num_steps=10)
+    x_T = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    full = denoise(tiny_model, x_T, 10)
     mid = denoise(tiny_model, x_T, 10, stop_t=500)
     rest = denoise(tiny_model, mid, 10, start_t=500)
     torch.testing.assert_close(rest, full)
+
+
+def test_sampling_clips_x0_predictions_and_is_seeded(tiny_model):
+    x_T, images = sample(tiny_model, 2, seed=3, num_steps=10)
+    again = sample(tiny_model, 2, seed=3, num_steps=10)[1]
+    torch.testing.assert_close(images, again)
+    torch.testing.assert_close(images, denoise(tiny_model, x_T, 10, clip_sample=True))
+    assert not torch.allclose(images, denoise(tiny_model, x_T, 10, clip_sample=False))
 
 
 def test_grid_and_schedule(tiny_model):
