@@ -1,0 +1,129 @@
+"""Mine a catalogue of local editing directions from many images.
+
+images (a folder, the bundled samples, or N samples from the model) x regions -> invert every
+image to the editing timestep t (one task per image) -> region subspaces (one task per image
+and region) -> JIVE per image -> consensus across images -> catalogue. Everything lands in
+one run directory (see ``localedit.store``); rerunning on it resumes.
+
+Tasks run in this process by default (a thread pool, one slot per core); ``run_mining(...,
+runner="dask")`` sends them to a ``dask.distributed`` cluster instead, a local one or the one at
+``dask_address``. With ``gpu=True``, model-heavy tasks ask Dask for a ``GPU`` worker resource.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from datetime import datetime
+
+import dask
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from tqdm.auto import tqdm
+
+from tasks.catalogue import build_catalogue
+from tasks.mine import invert_image, region_subspace, split_image
+from tasks.prepare import prepare_run
+from tasks.runtime import WORKER_CORES_ENV, cores, local_slots
+
+RUNNERS = ("local", "dask")
+
+
+@flow(name="mine-directions", task_runner=ThreadPoolTaskRunner(max_workers=local_slots()))
+def mine_directions(
+    out: str,
+    model: str = "bundled",
+    images: str | None = None,
+    samples: int | None = None,
+    seed: int = 0,
+    regions: str = "eyes,mouth",
+    t: int = 500,
+    k: int = 8,
+    num_steps: int = 50,
+    joint_rank: int | None = None,
+    individual_rank: int | None = None,
+    max_angle_deg: float = 30.0,
+    threshold: float = 0.5,
+    min_support: int = 2,
+    gpu: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Mine joint and individual h-space directions of ``regions`` over many images into a catalogue.
+
+    Args:
+        out: run directory; strftime codes are expanded at the start (``out/weekly/%Y-%m-%d``).
+            An existing run there is resumed if its settings match, refused otherwise.
+        model: "bundled", a local diffusers folder, or a Hugging Face hub id.
+        images: a folder of images at the model's resolution, or "bundled" (the bundled mining split).
+        samples: instead of images, this many images sampled from the model (seeded by ``seed``).
+        regions: comma-separated preset names (eyes, mouth, hair, left_eye, right_eye) or a regions JSON file.
+        t: editing timestep (rounded to the DDIM grid); k: subspace size per region.
+        num_steps: DDIM steps for inversion and sampling.
+        joint_rank, individual_rank, max_angle_deg: JIVE settings (ranks None = chosen from the angles).
+        threshold, min_support: a catalogue direction must lie within squared cosine ``threshold``
+            of the subspaces of at least ``min_support`` images.
+        gpu: ask Dask for a ``GPU`` worker resource for the model-heavy tasks.
+        progress: show a progress bar while the tasks run.
+    """
+    start = time.perf_counter()
+    jive = {"joint_rank": joint_rank, "individual_ranks": individual_rank, "max_angle_deg": max_angle_deg}
+    run = prepare_run(datetime.now().strftime(out), model, images, samples, seed, regions, t, k, num_steps, jive)
+    run_dir, n = run["run_dir"], run["images"]
+    # Submitted stage by stage: a task waiting for its upstream holds a worker thread, so
+    # interleaving the stages per image would fill every slot with waiting tasks.
+    with dask.annotate(resources={"GPU": 1}) if gpu else nullcontext():
+        latents = {i: invert_image.submit(run_dir, i) for i in range(n)}
+        subspaces = {(i, r): region_subspace.submit(run_dir, i, r, wait_for=[latents[i]])
+                     for i in range(n) for r in run["regions"]}
+    splits = {i: split_image.submit(run_dir, i, wait_for=[subspaces[i, r] for r in run["regions"]])
+              for i in range(n)}
+    futures = {**{("latent", i): f for i, f in latents.items()},
+               **{("subspace", *key): f for key, f in subspaces.items()},
+               **{("split", i): f for i, f in splits.items()}}
+    for _ in tqdm(as_completed(list(futures.values())), total=len(futures), desc="mining", disable=not progress):
+        pass
+    reports = {key: future.result() for key, future in futures.items()}  # raises the first failure
+    catalogue = build_catalogue(run_dir, threshold, min_support)
+    counts = {stage: {"computed": 0, "skipped": 0} for stage in ("latent", "subspace", "split")}
+    for (stage, *_), report in reports.items():
+        counts[stage][report["status"]] += 1
+    summary = {
+        "run_dir": run_dir, "run_id": run["run_id"], "flow_run_id": str(flow_run.id), "catalogue": catalogue,
+        "tasks": counts,
+        "task_seconds": sum(r["seconds"] for r in reports.values()),
+        "wall_seconds": time.perf_counter() - start,
+    }
+    get_run_logger().info(f"mined {n} images x {len(run['regions'])} regions into {catalogue}: {counts}")
+    return summary
+
+
+def task_runner(runner: str = "local", dask_address: str | None = None, workers: int | None = None,
+                gpu: bool = False):
+    """The flow's task runner: None keeps the in-process default; "dask" a LocalCluster or ``dask_address``."""
+    if runner not in RUNNERS:
+        raise ValueError(f"unknown runner {runner!r}; use one of {RUNNERS}")
+    if runner == "local":
+        if dask_address:
+            raise ValueError("--dask-address needs --runner dask")
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    n = workers or cores()
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
+        "n_workers": n, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
+        "dashboard_address": None, "env": {WORKER_CORES_ENV: str(max(1, cores() // n))},
+        "resources": {"GPU": 1} if gpu else None,
+    })
+
+
+def run_mining(runner: str = "local", dask_address: str | None = None, workers: int | None = None,
+               **parameters) -> dict:
+    """Run ``mine_directions`` on the chosen task runner (the entry point of ``localedit mine``)."""
+    chosen = task_runner(runner, dask_address, workers, parameters.get("gpu", False))
+    flow_ = mine_directions if chosen is None else mine_directions.with_options(task_runner=chosen)
+    return flow_(**parameters)
+

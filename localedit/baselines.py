@@ -1,0 +1,145 @@
+"""Every method's edit directions on one image, found in one harness so they can be compared fairly.
+
+Ours: JIVE individual (local) and joint (global) directions of the regions' masked h-space
+Jacobians. Baselines people would otherwise use: the unmasked Jacobian's top direction
+(global h-space edits, Park et al. / Haas et al.), a region's raw masked subspace without
+JIVE (Haas et al. local), LOCO-Edit-style x-space directions (Chen et al. 2024: masked
+Jacobian of the predicted x0 w.r.t. x_t, projected off the complement region's Jacobian
+subspace, added to x_t at one step), and a random h direction. Our extension adds the rest
+of the image (outside every region) as one more JIVE block, so individual directions are
+also free of what they share with everything outside the regions.
+
+All h-space subspaces come from one linearisation (regions, rest and whole image masks
+together), so the methods see exactly the same Jacobian.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.func import jvp, vjp, vmap
+
+from localedit.ddim import DEFAULT_STEPS
+from localedit.jive import JIVE
+from localedit.mining import DEFAULT_K, DEFAULT_T, Latent, latent_at, region_subspaces
+from localedit.models import DiffusionModel
+from localedit.regions import Region, complement
+
+METHODS = ("jive_individual", "jive_joint", "global", "masked", "loco_xspace", "random", "jive_complement")
+OURS = ("jive_individual", "jive_joint")  # the paper's method; the rest are baselines and our extension
+REGION_FREE = ("jive_joint", "global", "random")  # directions not tied to one region
+
+
+@dataclass
+class Direction:
+    """A unit edit direction, flat over h ("h" space) or over x_t ("x" space, applied at timestep ``t``)."""
+
+    id: str
+    method: str
+    region: str | None
+    space: str
+    vector: torch.Tensor
+    t: int
+    source: str | None = None
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.space not in ("h", "x"):
+            raise ValueError(f"direction {self.id!r}: space must be 'h' or 'x', got {self.space!r}")
+        v = torch.as_tensor(self.vector, dtype=torch.float32).reshape(-1).cpu()
+        self.vector = v / v.norm()
+
+
+def predicted_x0(model: DiffusionModel, x_t: torch.Tensor, t: int) -> torch.Tensor:
+    """The model's estimate of the clean image from x_t (epsilon parameterisation)."""
+    alpha_bar = model.scheduler.alphas_cumprod[t].to(x_t)
+    eps = model.unet(x_t, t).sample
+    return (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+
+
+def x_space_subspaces(model: DiffusionModel, x_t: torch.Tensor, t: int, masks: torch.Tensor, k: int,
+                      iterations: int = 3, oversample: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k right singular vectors and values of d(mask * x0_hat)/dx_t for each of R masks: (R, d, k), (R, k).
+
+    Randomised SVD with power iterations (Halko et al. 2011) on one linearisation of the whole
+    U-Net; LOCO-Edit needs this Jacobian in pixel space, where the h-space engine does not apply.
+    """
+    R, (H, W) = masks.shape[0], masks.shape[-2:]
+    d, p = x_t.numel(), k + oversample
+    m = masks.to(x_t).reshape(R, 1, 1, 1, H, W)
+
+    def f(x):
+        return predicted_x0(model, x, t)
+
+    x0, pullback = vjp(f, x_t)
+
+    def push(V):  # (R, d, p) -> masked J V as rows (R, p, *out)
+        out = vmap(lambda v: jvp(f, (x_t,), (v.view_as(x_t),))[1])(V.transpose(1, 2).reshape(R * p, d))
+        return out.view(R, p, *x0.shape) * m
+
+    def pull(U):  # (R, p, *out) -> J^T (mask * U) as (R, d, p)
+        out = vmap(lambda u: pullback(u)[0].reshape(-1))((U * m).reshape(R * p, *x0.shape))
+        return out.view(R, p, d).transpose(1, 2)
+
+    g = torch.Generator().manual_seed(seed)
+    V = torch.linalg.qr(torch.randn(R, d, p, generator=g).to(x_t)).Q
+    for _ in range(iterations):
+        V = torch.linalg.qr(pull(push(V))).Q
+    Wl, S, _ = torch.linalg.svd(push(V).flatten(2), full_matrices=False)
+    return (V @ Wl)[:, :, :k], S[:, :k]
+
+
+def loco_directions(model: DiffusionModel, latent: Latent, regions: list[Region], k: int = DEFAULT_K,
+                    **options) -> list[torch.Tensor]:
+    """Per region, the top direction of its masked x0-Jacobian with the complement's top-k subspace projected out."""
+    size = latent.x_t.shape[-1]
+    masks = torch.stack([m for r in regions for m in (r.mask, complement([r], size).mask)])
+    with torch.enable_grad():
+        bases, _ = x_space_subspaces(model, latent.x_t, latent.t, masks, k, **options)
+    out = []
+    for a in range(len(regions)):
+        v, rest = bases[2 * a][:, 0], bases[2 * a + 1]
+        out.append(v - rest @ (rest.T @ v))
+    return out
+
+
+def method_directions(model: DiffusionModel, image: torch.Tensor | None, regions: list[Region], source: str,
+                      t: int = DEFAULT_T, k: int = DEFAULT_K, num_steps: int = DEFAULT_STEPS, seed: int = 0,
+                      x_T: torch.Tensor | None = None, jive: dict | None = None) -> tuple[list[Direction], Latent]:
+    """The top direction of every method in ``METHODS`` on one image (3, H, W in [0, 1]), and its latent.
+
+    Region-tied methods give one direction per region; a JIVE rank of zero gives none. ``jive``
+    holds ``JIVE`` settings (default: ranks chosen from the angles), used for both JIVE fits.
+    """
+    if len(regions) < 2:
+        raise ValueError("the comparison needs at least two regions (JIVE splits joint from individual)")
+    size = model.resolution
+    latent = latent_at(model, image, t, num_steps, x_T)
+    rest = complement(regions, size)
+    whole = Region("whole", torch.ones(size, size))
+    subs = region_subspaces(model, latent, [*regions, rest, whole], k)
+    R = len(regions)
+
+    def fit(blocks):
+        return JIVE(**(jive or {})).fit([s.basis for s in blocks], [s.singular_values for s in blocks])
+
+    ours, extended = fit(subs[:R]), fit(subs[: R + 1])
+    found: list[tuple[str, str | None, str, torch.Tensor]] = []
+    for a, region in enumerate(regions):
+        for method, basis in (("jive_individual", ours.individual_bases_[a]),
+                              ("jive_complement", extended.individual_bases_[a]),
+                              ("masked", subs[a].basis)):
+            if basis.shape[1]:
+                found.append((method, region.name, "h", basis[:, 0]))
+    if ours.joint_basis_.shape[1]:
+        found.append(("jive_joint", None, "h", ours.joint_basis_[:, 0]))
+    found.append(("global", None, "h", subs[R + 1].basis[:, 0]))
+    for region, v in zip(regions, loco_directions(model, latent, regions, k, seed=seed)):
+        found.append(("loco_xspace", region.name, "x", v))
+    g = torch.Generator().manual_seed(seed)
+    found.append(("random", None, "h", torch.randn(subs[0].basis.shape[0], generator=g)))
+    info = {"jive_ranks": ours.ranks_, "jive_complement_ranks": extended.ranks_}
+    directions = [Direction(f"{source}:{method}:{region or 'all'}", method, region, space, v, latent.t, source, info)
+                  for method, region, space, v in found]
+    return directions, latent

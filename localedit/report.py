@@ -1,0 +1,260 @@
+"""A self-contained ``report.html`` for an evaluated run: one file to open, mail or attach.
+
+Everything is embedded (strips and plots as base64 PNG, a few lines of JS to sort tables), so
+the report needs neither the run directory nor a network. It reads what the evaluation wrote:
+``metrics.parquet``, ``evaluation.json`` and ``strips/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from markdown_it import MarkdownIt  # noqa: E402
+
+from localedit.baselines import METHODS  # noqa: E402
+from localedit.evaluation import STRIPS_DIR, strip_path  # noqa: E402
+from localedit.summary import METRICS_FILE, SUMMARY_FILE  # noqa: E402
+
+REPORT_FILE = "report.html"
+LABELS = {
+    "jive_individual": "JIVE individual (ours)", "jive_joint": "JIVE joint (ours)",
+    "jive_complement": "JIVE + complement block (extension)", "global": "global h (unmasked J)",
+    "masked": "masked h, no JIVE", "loco_xspace": "LOCO-style x-space", "random": "random h",
+}
+# (column, header, decimals) of the method table; each median is shown with its interval.
+METHOD_COLUMNS = [
+    ("locality", "locality", 2), ("transfer_locality", "transfer locality", 2),
+    ("outside_psnr", "outside PSNR dB", 1), ("outside_ssim", "outside SSIM", 3),
+    ("lpips_outside", "LPIPS outside", 3), ("factor_purity", "factor purity", 2),
+    ("transfer_factor_purity", "transfer purity", 2), ("inside_strength", "inside RMS", 3),
+    ("transfer_total_change", "transfer RMS change", 3),
+]
+STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
+h1{margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+.meta{color:#555}table{border-collapse:collapse;margin:8px 0;font-size:13px}
+th,td{padding:4px 8px;border-bottom:1px solid #eee;text-align:right}th{background:#f5f5f5;cursor:pointer;user-select:none}
+td:first-child,th:first-child{text-align:left}tr:hover td{background:#fafaf0}.ci{color:#888;font-size:11px;white-space:nowrap}
+.plots img{max-width:49%}.strip{display:inline-block;margin:6px 10px 14px 0;vertical-align:top}
+.strip img{image-rendering:pixelated;border:1px solid #ddd}.note{background:#fff7e0;padding:6px 10px;border-radius:4px}
+.card{background:#fafafa;border:1px solid #eee;padding:4px 16px}.card img{max-width:100%}
+"""
+SORT_JS = """
+document.querySelectorAll('table.sortable th').forEach((th, i) => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0], dir = th.dataset.dir === 'asc' ? 'desc' : 'asc';
+  th.dataset.dir = dir;
+  const key = r => { const c = r.cells[i], v = c.dataset.v ?? c.textContent, n = parseFloat(v); return isNaN(n) ? v : n; };
+  [...body.rows].sort((a, b) => {
+    const x = key(a), y = key(b);
+    const c = typeof x === 'number' && typeof y === 'number' ? x - y : String(x).localeCompare(String(y));
+    return dir === 'asc' ? c : -c;
+  }).forEach(r => body.appendChild(r));
+}));
+"""
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _figure_png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return _data_uri(buf.getvalue())
+
+
+def _ordered(methods) -> list[str]:
+    present = list(dict.fromkeys(methods))
+    return [m for m in METHODS if m in present] + [m for m in present if m not in METHODS]
+
+
+def _by_method_plot(rows: pd.DataFrame, metric: str, title: str, ylabel: str) -> str | None:
+    """Box plot of a metric per method, source and transfer rows side by side."""
+    data = rows[rows["kind"] == "matched"]
+    if metric not in data or pd.to_numeric(data[metric], errors="coerce").notna().sum() == 0:
+        return None
+    methods = _ordered(data["method"])
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for offset, (split, color) in zip((-0.18, 0.18), (("source", "#4c72b0"), ("transfer", "#dd8452"))):
+        part = data[data["split"] == split]
+        values = [pd.to_numeric(part.loc[part["method"] == m, metric], errors="coerce").dropna() for m in methods]
+        positions = [i + offset for i, v in enumerate(values) if len(v)]
+        if positions:
+            box = ax.boxplot([v for v in values if len(v)], positions=positions, widths=0.32, patch_artist=True,
+                             showfliers=False)
+            for patch in box["boxes"]:
+                patch.set(facecolor=color, alpha=0.6)
+            ax.plot([], [], color=color, lw=8, alpha=0.6, label=split)
+    ax.set_xticks(range(len(methods)), [LABELS.get(m, m) for m in methods], fontsize=7, rotation=25, ha="right")
+    ax.set(title=title, ylabel=ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _figure_png(fig)
+
+
+def _sweep_plot(rows: pd.DataFrame) -> str | None:
+    """Median locality against the multiple of the matched alpha (the sweep rows)."""
+    sweep = rows[rows["kind"] == "sweep"]
+    if sweep.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for method in _ordered(sweep["method"]):
+        curve = sweep[sweep["method"] == method].groupby("alpha_mult")["locality"].median()
+        ax.plot(curve.index, curve.values, marker="o", label=LABELS.get(method, method))
+    ax.axvline(0, color="#bbb", lw=0.8)
+    ax.set(title="locality vs alpha (held-out strip images)", xlabel="alpha / matched alpha", ylabel="median locality")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _figure_png(fig)
+
+
+def _factor_plot(rows: pd.DataFrame) -> str | None:
+    """Median |standardised factor change| per method (rows) and generator factor (columns)."""
+    columns = [c for c in rows.columns if c.startswith("factor_") and c != "factor_purity"]
+    data = rows[rows["kind"] == "matched"].drop_duplicates(["direction", "image", "alpha"])
+    if not columns or data.empty:
+        return None
+    methods = _ordered(data["method"])
+    table = np.array([[data.loc[data["method"] == m, c].abs().median() for c in columns] for m in methods])
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(methods) + 1.6))
+    im = ax.imshow(table, cmap="magma_r", aspect="auto")
+    ax.set_xticks(range(len(columns)), [c.removeprefix("factor_") for c in columns], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(methods)), [LABELS.get(m, m) for m in methods], fontsize=8)
+    fig.colorbar(im, ax=ax, label="median |change| (factor std)")
+    ax.set_title("which generator factors the edits change (factor probe)")
+    return _figure_png(fig)
+
+
+def _cell(value, decimals: int, low=None, high=None) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return '<td data-v="">&ndash;</td>'
+    text = f"{value:.{decimals}f}"
+    if low is not None and high is not None and np.isfinite(low) and np.isfinite(high):
+        text += f' <span class="ci">[{low:.{decimals}f}, {high:.{decimals}f}]</span>'
+    return f'<td data-v="{value}">{text}</td>'
+
+
+def _method_table(methods: dict) -> str:
+    head = "".join(f"<th>{h}</th>" for _, h, _ in METHOD_COLUMNS)
+    body = []
+    for name in _ordered(methods):
+        m = methods[name]
+        cells = "".join(_cell(m.get(f"{c}_median"), d, m.get(f"{c}_ci_low"), m.get(f"{c}_ci_high"))
+                        for c, _, d in METHOD_COLUMNS)
+        n = f"{m.get('n_images') or 0} / {m.get('transfer_n_images') or 0}"
+        body.append(f"<tr><td>{html.escape(LABELS.get(name, name))}</td>{cells}<td>{n}</td>"
+                    f"{_cell(m.get('alpha_median'), 3)}</tr>")
+    return (f'<table class="sortable"><thead><tr><th>method</th>{head}<th>images src / transfer</th>'
+            f'<th>alpha</th></tr></thead><tbody>{"".join(body)}</tbody></table>')
+
+
+def _direction_table(directions: list[dict]) -> str:
+    cols = [("locality", 2), ("transfer_locality", 2), ("outside_psnr", 1), ("transfer_outside_psnr", 1),
+            ("lpips_outside", 3), ("factor_purity", 2), ("transfer_factor_purity", 2)]
+    head = "".join(f"<th>{c.replace('_', ' ')}</th>" for c, _ in cols)
+    body = []
+    for d in directions:
+        cells = "".join(_cell(d.get(f"{c}_median"), k) for c, k in cols)
+        body.append(f"<tr><td>{html.escape(str(d['direction']))}</td><td>{html.escape(str(d['method']))}</td>"
+                    f"<td>{html.escape(str(d.get('direction_region') or 'all'))}</td>{_cell(d.get('alpha_median'), 3)}"
+                    f"{cells}</tr>")
+    return (f'<table class="sortable"><thead><tr><th>direction</th><th>method</th><th>region</th><th>alpha</th>'
+            f'{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
+
+
+def _strips(run_dir: Path, directions: list[dict]) -> str:
+    by_slug = {strip_path(run_dir, str(d["direction"])).stem: d for d in directions}
+    items = []
+    for path in sorted((run_dir / STRIPS_DIR).glob("*.png")):
+        d = by_slug.get(path.stem, {})
+        alpha = d.get("alpha_median")
+        caption = html.escape(f"{LABELS.get(d.get('method'), d.get('method', ''))} | "
+                              f"{d.get('direction_region') or 'all regions'} | {d.get('direction', path.stem)}"
+                              + ("" if alpha is None else f" | matched alpha {alpha:.3g}"))
+        items.append(f'<div class="strip"><div>{caption}</div><img src="{_data_uri(path.read_bytes())}"></div>')
+    return "\n".join(items) or "<p>No strips were written.</p>"
+
+
+def _model_card(source: str | None) -> str:
+    """The model's README.md rendered, its relative images embedded; empty when there is none."""
+    if not source or not (Path(source) / "README.md").is_file():
+        return ""
+    folder = Path(source)
+    rendered = MarkdownIt("commonmark").enable("table").render((folder / "README.md").read_text())
+
+    def embed(match):
+        target = folder / html.unescape(match.group(1))
+        return f'src="{_data_uri(target.read_bytes())}"' if target.is_file() and target.suffix == ".png" else match.group(0)
+
+    body = re.sub(r'src="([^"]+)"', embed, rendered)
+    return f'<h2>Model card</h2><div class="card">{body}</div>'
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Render ``run_dir/report.html`` from the evaluation's files; returns its path."""
+    run_dir = Path(run_dir)
+    rows = pd.read_parquet(run_dir / METRICS_FILE)
+    result = json.loads((run_dir / SUMMARY_FILE).read_text())
+    settings, methods, directions = result["settings"], result["methods"], result["directions"]
+    plots = [_by_method_plot(rows, "locality", "locality at matched strength", "share of change inside region"),
+             _by_method_plot(rows, "lpips_outside", "LPIPS outside the region", "LPIPS (AlexNet)"),
+             _by_method_plot(rows, "outside_psnr", "change outside the region", "outside PSNR (dB)"),
+             _sweep_plot(rows), _factor_plot(rows)]
+    lpips_note = settings.get("lpips_note", "")
+    notes = [n for n in (lpips_note if lpips_note.startswith("unavailable") else "", settings.get("probe_note", "")) if n]
+    shown = {k: v for k, v in settings.items() if k not in ("lpips_note", "probe_note")}
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>localedit evaluation</title>
+<style>{STYLE}</style></head><body>
+<h1>Local edits: locality and fidelity by method</h1>
+<p class="meta">{html.escape(', '.join(f'{k}: {v}' for k, v in shown.items()))}</p>
+{''.join(f'<p class="note">{html.escape(n)}</p>' for n in notes)}
+<p>Every direction is applied at +alpha and -alpha, with alpha chosen per direction so that the edits change the
+image by the same RMS amount (target {settings.get('target_change')}); metrics compare against the unedited
+reconstruction. <b>Locality</b>: share of the squared pixel change inside the direction's region (chance = the
+region's share of the image); <b>source</b>: on the image a direction was found on; <b>transfer</b>: on held-out
+images. Region-free directions (joint, global, random) are scored on every region. Brackets: 95% bootstrap
+intervals over images. Click a column to sort.</p>
+<h2>Methods</h2>{_method_table(methods)}
+<h2>Plots</h2><div class="plots">{''.join(f'<img src="{p}">' for p in plots if p)}</div>
+<h2>Edit strips</h2><p>Held-out images; columns: the input, then the edit at multiples of the direction's
+matched alpha (a=+0.00 is the unedited reconstruction); the direction's region in red.</p>{_strips(run_dir, directions)}
+<h2>All directions</h2>{_direction_table(directions)}
+{_model_card(settings.get('model_source'))}
+<script>{SORT_JS}</script></body></html>"""
+    path = run_dir / REPORT_FILE
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(page)
+    tmp.replace(path)
+    return path
+
+
+def text_table(methods: dict) -> str:
+    """The method comparison as a fixed-width text table (medians, 95% intervals for locality)."""
+    def num(value, decimals):
+        return "-" if value is None else f"{value:.{decimals}f}"
+
+    def with_ci(m, key, decimals):
+        ci = "" if m.get(f"{key}_ci_low") is None else f" [{num(m[f'{key}_ci_low'], decimals)}, {num(m[f'{key}_ci_high'], decimals)}]"
+        return num(m.get(f"{key}_median"), decimals) + ci
+
+    header = ["method", "locality", "transfer locality", "out PSNR", "out SSIM", "LPIPS out", "purity", "alpha", "images"]
+    lines = [[name, with_ci(m, "locality", 2), with_ci(m, "transfer_locality", 2), num(m.get("outside_psnr_median"), 1),
+              num(m.get("outside_ssim_median"), 3), num(m.get("lpips_outside_median"), 3),
+              num(m.get("factor_purity_median"), 2), num(m.get("alpha_median"), 3),
+              f"{m.get('n_images') or 0}/{m.get('transfer_n_images') or 0}"] for name, m in
+             ((name, methods[name]) for name in _ordered(methods))]
+    widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in [header, *lines])

@@ -1,0 +1,300 @@
+"""The run store: one Zarr v3 group per mining run, written chunk by chunk by independent tasks.
+
+Every array is preallocated when the run is created and chunked per image or per
+(image, region), so each pipeline task is the only writer of its chunks and nothing is ever
+appended. A task's completion mark (its wall time in seconds; NaN until done) is written after
+its chunks, so a run killed at any point leaves at worst an unmarked chunk, which the next run
+recomputes; Zarr's local store writes each chunk to a temporary name and renames it, so no
+chunk is half-written either. The store itself is built under a temporary name and renamed
+into place, so a failed start leaves nothing behind.
+
+Every array carries ``dimension_names``: ``xarray.open_zarr(run_dir / "store.zarr",
+consolidated=False)`` reads the whole run as a Dataset.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+from localedit.jacobian import Subspace
+from localedit.jive import JIVE
+from localedit.regions import Region
+
+STORE_NAME = "store.zarr"
+FORMAT = "localedit-run/1"
+SUBSPACE_STATS = ("iterations", "residual", "converged")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a run computes. Stored as the group's attributes; a store resumes only with an equal config.
+
+    ``image_sources`` holds a file path per image, or None for an image sampled from the model
+    (its x_T is drawn from ``seed`` when the store is created).
+    """
+
+    model_source: str
+    model_fingerprint: str
+    resolution: int
+    channels: int
+    h_shape: tuple[int, ...]
+    regions: tuple[str, ...]
+    images: tuple[str, ...]
+    image_sources: tuple[str | None, ...]
+    t: int
+    k: int
+    num_steps: int
+    seed: int = 0
+    jive: dict = field(default_factory=dict)
+
+    @property
+    def h_dim(self) -> int:
+        return math.prod(self.h_shape)
+
+    def to_attrs(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> "RunConfig":
+        values = {f.name: attrs[f.name] for f in fields(cls)}
+        for name in ("h_shape", "regions", "images", "image_sources"):
+            values[name] = tuple(values[name])
+        return cls(**values)
+
+    def differences(self, other: "RunConfig") -> list[str]:
+        """Fields that differ, ignoring where the model was loaded from (its fingerprint decides)."""
+        mine, theirs = asdict(self), asdict(other)
+        return [f"{name}: {mine[name]!r} != {theirs[name]!r}" for name in mine
+                if name != "model_source" and mine[name] != theirs[name]]
+
+
+@dataclass
+class Split:
+    """One image's JIVE result as stored: joint basis (d, r_C), individual bases per region (d, r_a)."""
+
+    joint: torch.Tensor
+    joint_singular_values: torch.Tensor
+    individual: list[torch.Tensor]
+    individual_singular_values: list[torch.Tensor]
+
+
+def _layout(config: RunConfig) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...], str, float]]:
+    """name -> (shape, chunks, dimension names, dtype, fill value) of every array of a run."""
+    n, r, k, d = len(config.images), len(config.regions), config.k, config.h_dim
+    c, s = config.channels, config.resolution
+    image = ((n, c, s, s), (1, c, s, s), ("image", "channel", "y", "x"), "float32", 0.0)
+    return {
+        "masks": ((r, s, s), (r, s, s), ("region", "y", "x"), "float32", 0.0),
+        "images": image,
+        "x_T": image,
+        "x_t": image,
+        "subspace_basis": ((n, r, d, k), (1, 1, d, k), ("image", "region", "h", "component"), "float32", 0.0),
+        "subspace_singular_values": ((n, r, k), (1, 1, k), ("image", "region", "component"), "float32", 0.0),
+        "subspace_stats": ((n, r, len(SUBSPACE_STATS)), (1, 1, len(SUBSPACE_STATS)), ("image", "region", "stat"),
+                           "float32", 0.0),
+        "joint_basis": ((n, d, k), (1, d, k), ("image", "h", "component"), "float32", 0.0),
+        "joint_singular_values": ((n, k), (1, k), ("image", "component"), "float32", 0.0),
+        "joint_rank": ((n,), (1,), ("image",), "int32", -1),
+        "individual_basis": ((n, r, d, k), (1, 1, d, k), ("image", "region", "h", "component"), "float32", 0.0),
+        "individual_singular_values": ((n, r, k), (1, 1, k), ("image", "region", "component"), "float32", 0.0),
+        "individual_rank": ((n, r), (1, 1), ("image", "region"), "int32", -1),
+        # Completion marks: the task's wall time in seconds, NaN until its chunks are written.
+        "done_latent": ((n,), (1,), ("image",), "float64", math.nan),
+        "done_subspace": ((n, r), (1, 1), ("image", "region"), "float64", math.nan),
+        "done_split": ((n,), (1,), ("image",), "float64", math.nan),
+    }
+
+
+def _padded(columns: torch.Tensor, k: int) -> np.ndarray:
+    """(d, r) or (r,) with r <= k -> zero-padded to k along the last axis."""
+    a = columns.detach().to("cpu", torch.float32).numpy()
+    pad = [(0, 0)] * (a.ndim - 1) + [(0, k - a.shape[-1])]
+    return np.pad(a, pad)
+
+
+class RunStore:
+    """Read and write one run's Zarr group (``run_dir/store.zarr``)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / STORE_NAME
+        if not (self.path / "zarr.json").exists():
+            raise FileNotFoundError(f"no run store at {self.path}")
+        self.group = zarr.open_group(self.path, mode="r+", use_consolidated=False)
+        if self.group.attrs.get("format") != FORMAT:
+            raise ValueError(f"{self.path} is not a localedit run store (format {self.group.attrs.get('format')!r})")
+        self.config = RunConfig.from_attrs(dict(self.group.attrs))
+        self.run_id = str(self.group.attrs["run_id"])
+
+    @classmethod
+    def create(cls, run_dir: str | Path, config: RunConfig, masks: torch.Tensor,
+               images: torch.Tensor | None = None, x_T: torch.Tensor | None = None) -> "RunStore":
+        """Preallocate every array and write the inputs (region masks; images from files, or x_T of samples)."""
+        n, c, s = len(config.images), config.channels, config.resolution
+        for name, value, shape in (("masks", masks, (len(config.regions), s, s)),
+                                   ("images", images, (n, c, s, s)), ("x_T", x_T, (n, c, s, s))):
+            if value is not None and tuple(value.shape) != shape:
+                raise ValueError(f"{name} has shape {tuple(value.shape)}; this run needs {shape}")
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        final = run_dir / STORE_NAME
+        if final.exists():
+            raise FileExistsError(f"a run store already exists at {final}")
+        for stale in run_dir.glob(f".{STORE_NAME}.*.partial"):
+            shutil.rmtree(stale)
+        tmp = run_dir / f".{STORE_NAME}.{uuid.uuid4().hex[:8]}.partial"
+        attrs = {"format": FORMAT, "run_id": uuid.uuid4().hex[:12],
+                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **config.to_attrs()}
+        try:
+            group = zarr.create_group(tmp, zarr_format=3, attributes=attrs)
+            for name, (shape, chunks, dims, dtype, fill) in _layout(config).items():
+                group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
+                                   dimension_names=dims)
+            group["subspace_stats"].attrs["stat"] = list(SUBSPACE_STATS)
+            group["masks"].attrs["regions"] = list(config.regions)
+            group["masks"][:] = masks.to(torch.float32).numpy()
+            if images is not None:
+                group["images"][:] = images.to(torch.float32).numpy()
+            if x_T is not None:
+                group["x_T"][:] = x_T.to(torch.float32).cpu().numpy()
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls(run_dir)
+
+    @classmethod
+    def open_or_create(cls, run_dir: str | Path, config: RunConfig, masks: torch.Tensor,
+                       images: torch.Tensor | None = None, x_T: torch.Tensor | None = None) -> "RunStore":
+        """Resume the run in ``run_dir`` if it was created with the same config; else start it."""
+        if not (Path(run_dir) / STORE_NAME).exists():
+            return cls.create(run_dir, config, masks, images, x_T)
+        store = cls(run_dir)
+        diff = store.config.differences(config)
+        if diff:
+            raise ValueError(f"{store.path} holds a run with other settings ({'; '.join(diff)}); "
+                             f"resume it with the same settings or choose another output directory")
+        # A killed writer can leave Zarr's temporary chunk files behind; they are never read.
+        for partial in store.path.rglob("*.partial"):
+            partial.unlink()
+        return store
+
+    # -- regions and inputs -------------------------------------------------------------------
+
+    @property
+    def regions(self) -> list[Region]:
+        masks = torch.from_numpy(self.group["masks"][:])
+        return [Region(name, mask) for name, mask in zip(self.config.regions, masks)]
+
+    def region_index(self, region: str) -> int:
+        if region not in self.config.regions:
+            raise KeyError(f"region {region!r} is not in this run; it has {list(self.config.regions)}")
+        return self.config.regions.index(region)
+
+    def _tensor(self, name: str, *index) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.group[name][index]))
+
+    def image(self, i: int) -> torch.Tensor:
+        """(C, H, W) in [0, 1]: the input image, or for a sampled image the sample (once its latent is done)."""
+        return self._tensor("images", i)
+
+    def x_T(self, i: int) -> torch.Tensor:
+        return self._tensor("x_T", i)
+
+    def x_t(self, i: int) -> torch.Tensor:
+        return self._tensor("x_t", i)
+
+    # -- completion marks ---------------------------------------------------------------------
+
+    def _done(self, name: str, *index) -> bool:
+        return not math.isnan(float(self.group[name][index]))
+
+    def _mark(self, name: str, seconds: float, *index) -> None:
+        self.group[name][index] = seconds
+
+    def latent_done(self, i: int) -> bool:
+        return self._done("done_latent", i)
+
+    def subspace_done(self, i: int, region: str) -> bool:
+        return self._done("done_subspace", i, self.region_index(region))
+
+    def split_done(self, i: int) -> bool:
+        return self._done("done_split", i)
+
+    def progress(self) -> dict[str, tuple[int, int]]:
+        """stage -> (done, total)."""
+        counts = {}
+        for stage in ("latent", "subspace", "split"):
+            marks = self.group[f"done_{stage}"][:]
+            counts[stage] = (int(np.isfinite(marks).sum()), int(marks.size))
+        return counts
+
+    # -- per-task writes (each task writes only its own chunks, then its mark) ----------------
+
+    def write_latent(self, i: int, x_T: torch.Tensor, x_t: torch.Tensor, seconds: float,
+                     image: torch.Tensor | None = None) -> None:
+        if image is not None:
+            self.group["images"][i] = image.detach().to("cpu", torch.float32).numpy()
+        self.group["x_T"][i] = x_T.detach().to("cpu", torch.float32).numpy()
+        self.group["x_t"][i] = x_t.detach().to("cpu", torch.float32).numpy()
+        self._mark("done_latent", seconds, i)
+
+    def write_subspace(self, i: int, region: str, subspace: Subspace, seconds: float) -> None:
+        a = self.region_index(region)
+        self.group["subspace_basis"][i, a] = _padded(subspace.basis, self.config.k)
+        self.group["subspace_singular_values"][i, a] = _padded(subspace.singular_values, self.config.k)
+        self.group["subspace_stats"][i, a] = np.array(
+            [subspace.iterations, subspace.residual, float(subspace.converged)], dtype=np.float32)
+        self._mark("done_subspace", seconds, i, a)
+
+    def subspace(self, i: int, region: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(basis (d, k), singular values (k,)) of one image's region."""
+        a = self.region_index(region)
+        return self._tensor("subspace_basis", i, a), self._tensor("subspace_singular_values", i, a)
+
+    def write_split(self, i: int, jive: JIVE, seconds: float) -> None:
+        k = self.config.k
+        self.group["joint_basis"][i] = _padded(jive.joint_basis_, k)
+        self.group["joint_singular_values"][i] = _padded(jive.joint_singular_values_, k)
+        self.group["joint_rank"][i] = jive.joint_basis_.shape[1]
+        for a, (basis, sv) in enumerate(zip(jive.individual_bases_, jive.individual_singular_values_)):
+            self.group["individual_basis"][i, a] = _padded(basis, k)
+            self.group["individual_singular_values"][i, a] = _padded(sv, k)
+            self.group["individual_rank"][i, a] = basis.shape[1]
+        self._mark("done_split", seconds, i)
+
+    def split(self, i: int) -> Split:
+        rank = int(self.group["joint_rank"][i])
+        ranks = self.group["individual_rank"][i]
+        individual = self._tensor("individual_basis", i)
+        individual_sv = self._tensor("individual_singular_values", i)
+        return Split(
+            self._tensor("joint_basis", i)[:, :rank],
+            self._tensor("joint_singular_values", i)[:rank],
+            [individual[a, :, :r] for a, r in enumerate(ranks)],
+            [individual_sv[a, :r] for a, r in enumerate(ranks)],
+        )
+
+    # -- catalogue vectors (written once, by the single catalogue task) -------------------------
+
+    def write_directions(self, vectors: torch.Tensor, attrs: dict) -> None:
+        """(m, d) unit vectors, one per catalogue row; replaces any earlier catalogue of this run."""
+        m, d = vectors.shape
+        array = self.group.create_array("directions", shape=(m, d), chunks=(max(m, 1), d), dtype="float32",
+                                        fill_value=0.0, dimension_names=("direction", "h"), overwrite=True)
+        array[:] = vectors.to(torch.float32).numpy()
+        array.attrs.update(attrs)
+
+    def directions(self) -> tuple[np.ndarray, dict]:
+        array = self.group["directions"]
+        return array[:], dict(array.attrs)

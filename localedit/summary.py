@@ -1,0 +1,117 @@
+"""From metric rows to what people read: medians with image-bootstrap intervals, per method and per direction.
+
+Also where results live on disk: ``metrics.parquet`` (every row) and ``evaluation.json``
+(settings and summaries), each written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+SUMMARY_METRICS = ("locality", "outside_psnr", "outside_ssim", "inside_strength", "lpips", "lpips_outside",
+                   "factor_purity", "total_change")
+
+
+def bootstrap_median(values, groups, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Median and a percentile-bootstrap interval that resamples whole groups (images), not rows.
+
+    Rows of one image (both signs, several regions) are not independent, so the image is the unit.
+    """
+    v = np.asarray(values, dtype=float)
+    keep = np.isfinite(v)
+    v, g = v[keep], pd.factorize(np.asarray(groups)[keep])[0]
+    if len(v) == 0:
+        return (math.nan,) * 3
+    order = np.argsort(v)
+    v, g = v[order], g[order]
+    counts = np.random.default_rng(seed).multinomial(g.max() + 1, np.full(g.max() + 1, 1 / (g.max() + 1)), n_boot)
+    cum = counts[:, g].cumsum(1)
+    half = cum[:, -1:] / 2  # integer weights: the two middle rows (the same one when the total is odd)
+    medians = (v[(cum >= half).argmax(1)] + v[(cum > half).argmax(1)]) / 2
+    lo, hi = np.quantile(medians, [(1 - level) / 2, (1 + level) / 2])
+    return float(np.median(v)), float(lo), float(hi)
+
+
+def summarize(rows: pd.DataFrame, by: Sequence[str] = ("method",), intervals: bool = True) -> pd.DataFrame:
+    """Medians (and image-bootstrap intervals) of the matched rows per group, source and transfer side by side."""
+    matched = rows[rows["kind"] == "matched"]
+    records = []
+    for key, group in matched.groupby(list(by), dropna=False, sort=False):
+        record = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        for split, prefix in (("source", ""), ("transfer", "transfer_")):
+            part = group[group["split"] == split]
+            record[f"{prefix}n_rows"] = len(part)
+            record[f"{prefix}n_images"] = int(part["image"].nunique())
+            for metric in SUMMARY_METRICS:
+                values = pd.to_numeric(part[metric], errors="coerce") if metric in part else pd.Series(dtype=float)
+                if intervals:
+                    med, lo, hi = bootstrap_median(values, part["image"])
+                    record.update({f"{prefix}{metric}_median": med, f"{prefix}{metric}_ci_low": lo,
+                                   f"{prefix}{metric}_ci_high": hi})
+                else:
+                    record[f"{prefix}{metric}_median"] = float(values.median()) if values.notna().any() else math.nan
+        record["n_directions"] = int(group["direction"].nunique())
+        record["alpha_median"] = float(group["matched_alpha"].median())
+        record["matched_share"] = float(group.drop_duplicates("direction")["matched"].mean())
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _clean(value):
+    if isinstance(value, (float, np.floating)):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def comparison_json(summary: pd.DataFrame, lpips_note: str, expected: Sequence[str] = ()) -> dict:
+    """{"methods": {method: {metric: value}}}; NaN (no data, e.g. LPIPS unavailable) becomes null.
+
+    An ``expected`` method without any direction (e.g. JIVE found no joint direction on any
+    image) is listed with null values and ``n_directions`` 0 rather than left out.
+    """
+    methods = {}
+    for record in summary.to_dict("records"):
+        name = record.pop("method")
+        methods[name] = {k: _clean(v) for k, v in record.items()} | {"lpips_note": lpips_note}
+    empty = dict.fromkeys((c for c in summary.columns if c != "method"), None) | {"n_directions": 0}
+    for name in expected:
+        methods.setdefault(name, empty | {"lpips_note": lpips_note, "note": "no direction of this method was found"})
+    return {"methods": methods}
+
+
+METRICS_FILE = "metrics.parquet"
+SUMMARY_FILE = "evaluation.json"
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    write(tmp)
+    tmp.replace(path)
+
+
+def save_results(out_dir: str | Path, rows: pd.DataFrame, settings: dict, methods: Sequence[str] = ()) -> dict:
+    """Write ``metrics.parquet`` (every row) and ``evaluation.json`` (settings, per-method and per-direction medians).
+
+    ``methods`` are listed in the summary even when none of their directions was found.
+
+    Each file is written under a temporary name and renamed, so a crash leaves no half-written file.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = comparison_json(summarize(rows), settings.get("lpips_note", ""), methods)
+    per_direction = summarize(rows, by=("direction", "method", "direction_region", "space", "source"), intervals=False)
+    result = {"settings": settings, **summary,
+              "directions": [{k: _clean(v) for k, v in r.items()} for r in per_direction.to_dict("records")]}
+    _write_atomic(out / METRICS_FILE, lambda p: rows.to_parquet(p, index=False))
+    _write_atomic(out / SUMMARY_FILE, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+    return result
+
+

@@ -1,0 +1,132 @@
+"""Prefect tasks of the evaluation flow, thin wrappers over ``localedit.evaluation``.
+
+Image sets, directions and matches travel between tasks in memory (they are small: a few
+dozen 32-px images and h vectors); the model is loaded once per process.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import pandas as pd
+import torch
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from localedit import catalogue
+from localedit.baselines import METHODS, OURS, Direction, method_directions
+from localedit.evaluation import (Match, Scorer, load_probe_or_note, match_direction, prepare_images, score_direction,
+                                  score_edits, sweep_direction)
+from localedit.metrics import load_lpips
+from localedit.models import DiffusionModel
+from localedit.report import text_table, write_report
+from localedit.samples import load_samples
+from localedit.store import RunStore
+from localedit.summary import save_results
+from tasks.runtime import GPU_TASK_OPTIONS, TASK_OPTIONS, cached_model, use_thread_share
+
+
+_local = threading.local()
+
+
+def _model(plan: dict) -> DiffusionModel:
+    """This thread's own copy of the model: an h-space edit hooks the U-Net, and threads must not share hooks."""
+    use_thread_share()
+    shared = cached_model(plan["settings"]["model_source"], plan["settings"]["model_fingerprint"])
+    if getattr(_local, "fingerprint", None) != shared.fingerprint:
+        _local.model, _local.fingerprint = copy.deepcopy(shared), shared.fingerprint
+    return _local.model
+
+
+@task(name="prepare-evaluation", **GPU_TASK_OPTIONS)
+def prepare_evaluation(run_dir: str, heldout: int, sources: int, target: float, samples: str) -> dict:
+    """Check the model against the catalogue, reconstruct the run's first images and invert the held-out ones."""
+    cat = catalogue.open(run_dir)
+    attrs = cat.attrs
+    model = cached_model(attrs["model_source"], attrs["model_fingerprint"])
+    cat.check_model(model)
+    use_thread_share()
+    store = RunStore(run_dir)
+    n_source = min(sources, len(attrs["images"]))
+    source = prepare_images(model, torch.stack([store.image(i) for i in range(n_source)]),
+                            [str(attrs["images"][i]) for i in range(n_source)], "source", attrs["num_steps"],
+                            x_T=torch.stack([store.x_T(i) for i in range(n_source)]))
+    images, factors = load_samples("heldout", samples)
+    if len(images) < heldout:
+        raise ValueError(f"asked for {heldout} held-out images; {samples} has {len(images)}")
+    held = prepare_images(model, images[:heldout], factors["file"][:heldout].tolist(), "transfer", attrs["num_steps"])
+    perceptual = load_lpips()
+    probe, probe_note = load_probe_or_note()
+    regions = {name: cat.regions[name] for name in attrs["regions"]}
+    settings = {"model_source": attrs["model_source"], "model_fingerprint": attrs["model_fingerprint"],
+                "run_id": attrs["run_id"], "regions": ",".join(attrs["regions"]),
+                "chance_locality": {name: round(r.fraction, 3) for name, r in regions.items()}, "source_images": n_source,
+                "heldout_images": heldout, "target_change": target, "t": attrs["t"], "k": attrs["k"],
+                "num_steps": attrs["num_steps"], "jive": attrs["jive"], "lpips_note": perceptual.note, "probe_note": probe_note}
+    return {"source": source, "heldout": held, "scorer": Scorer(regions, perceptual, probe, target=target),
+            "settings": settings}
+
+
+@task(name="catalogue-directions", **TASK_OPTIONS)
+def catalogue_directions(run_dir: str, max_rank: int) -> list[Direction]:
+    """The catalogue's directions of rank < max_rank; joint ones are scored on every region, like other global edits."""
+    cat = catalogue.open(run_dir)
+    rows = cat.frame[cat.frame["rank"] < max_rank]
+    return [Direction(f"catalogue:{row.id}", "jive_individual" if row.kind == "individual" else "jive_joint",
+                      row.region if row.kind == "individual" else None, "h", cat.vector(row.id), int(row.t), None,
+                      {"consistency": float(row.consistency), "support": int(row.support)})
+            for row in rows.itertuples()]
+
+
+@task(name="baseline-directions", task_run_name="baselines-{index}", **GPU_TASK_OPTIONS)
+def baseline_directions(plan: dict, index: int) -> list[Direction]:
+    """The baselines' directions on source image ``index`` (ours come from the catalogue instead)."""
+    model = _model(plan)
+    source, settings = plan["source"], plan["settings"]
+    found, _ = method_directions(model, None, list(plan["scorer"].regions.values()), source.keys[index],
+                                 settings["t"], settings["k"], source.num_steps, seed=index,
+                                 x_T=source.x_T[index : index + 1].to(model.device), jive=settings["jive"])
+    return [d for d in found if d.method not in OURS]
+
+
+def source_index(plan: dict, direction: Direction) -> list[int]:
+    """Images a direction is matched on: its own source image, or all source images for a catalogue direction."""
+    keys = plan["source"].keys
+    return [keys.index(direction.source)] if direction.source is not None else list(range(len(keys)))
+
+
+@task(name="match-direction", **GPU_TASK_OPTIONS)
+def match_task(plan: dict, direction: Direction) -> dict:
+    """Strength matching on the source image(s); returns the match and the source rows."""
+    index = source_index(plan, direction)
+    match = match_direction(_model(plan), direction, plan["source"], index, plan["scorer"])
+    rows = score_edits(direction, plan["source"], index, match.result, (match.alpha, -match.alpha), plan["scorer"], match)
+    return {"match": Match(match.alpha, match.change, match.matched, match.evaluations), "rows": rows}
+
+
+@task(name="score-direction", **GPU_TASK_OPTIONS)
+def score_task(plan: dict, direction: Direction, matched: dict, index: int) -> pd.DataFrame:
+    """One (direction x held-out image) pair at the matched +-alpha."""
+    return score_direction(_model(plan), direction, plan["heldout"], [index], matched["match"], plan["scorer"])
+
+
+@task(name="sweep-direction", **GPU_TASK_OPTIONS)
+def sweep_task(plan: dict, direction: Direction, matched: dict, index: list[int], strip: str) -> pd.DataFrame:
+    """Locality over multiples of alpha on a few held-out images, and the direction's edit strip."""
+    return sweep_direction(_model(plan), direction, plan["heldout"], index, matched["match"], plan["scorer"], strip)
+
+
+@task(name="publish-evaluation", **TASK_OPTIONS)
+def publish(run_dir: str, frames: list[pd.DataFrame], settings: dict) -> dict:
+    """metrics.parquet, evaluation.json and report.html in the run, and a Prefect summary artifact."""
+    expected = METHODS if settings["baselines"] else OURS
+    result = save_results(run_dir, pd.concat(frames, ignore_index=True), settings, expected)
+    report = write_report(run_dir)
+    table = text_table(result["methods"])
+    create_markdown_artifact(key="evaluation-summary", description=f"evaluation of {run_dir}", markdown=(
+        f"# Direction evaluation\n\nRun `{run_dir}`, model `{settings['model_fingerprint']}`, matched RMS change "
+        f"{settings['target_change']}. LPIPS: {settings['lpips_note']}\n\n```\n{table}\n```\n\nReport: `{report}`\n"))
+    create_table_artifact(key="evaluation-methods", table=[{"method": name, **{k: v for k, v in m.items()
+                          if k.endswith("_median")}} for name, m in result["methods"].items()])
+    return {**result, "report": str(report)}

@@ -1,0 +1,78 @@
+"""Check a mining run's inputs and create (or reopen) its store: bad input fails here, before anything is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from prefect import task
+
+from localedit.ddim import grid_timestep
+from localedit.hspace import h_shape
+from localedit.jive import JIVE
+from localedit.regions import resolve_regions
+from localedit.samples import SAMPLES_DIR, load_image, load_samples
+from localedit.store import RunConfig, RunStore
+from tasks.runtime import TASK_OPTIONS, cached_model
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def image_files(images: str) -> list[Path]:
+    """The image files of a folder, in name order; ``"bundled"`` names the bundled mining split."""
+    if images == "bundled":
+        return [SAMPLES_DIR / name for name in load_samples("mine")[1]["file"]]
+    folder = Path(images)
+    if not folder.is_dir():
+        raise ValueError(f"--images must be a folder of images or 'bundled'; {folder} is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files
+
+
+def _check_jive(jive: dict, k: int, n_regions: int) -> None:
+    """Fit the JIVE settings to random bases of the run's shape, so bad ranks fail before the expensive work."""
+    g = torch.Generator().manual_seed(0)
+    bases = [torch.linalg.qr(torch.randn(2 * k * n_regions, k, generator=g)).Q for _ in range(n_regions)]
+    JIVE(**jive).fit(bases, [torch.ones(k)] * n_regions)
+
+
+@task(name="prepare-run", **TASK_OPTIONS)
+def prepare_run(out: str, model: str, images: str | None, samples: int | None, seed: int, regions: str,
+                t: int, k: int, num_steps: int, jive: dict) -> dict:
+    """Validate everything, then open the run store; returns its directory, image count and region names."""
+    if (images is None) == (samples is None):
+        raise ValueError("give exactly one of images (a folder, or 'bundled') or samples (a count)")
+    loaded = cached_model(model)
+    size, channels = loaded.resolution, loaded.unet.config.in_channels
+    region_list = resolve_regions(regions, size)
+    if len(region_list) < 2:
+        raise ValueError("JIVE needs at least two regions to tell joint from individual directions")
+    shape = h_shape(loaded.unet)
+    if not 1 <= k <= torch.Size(shape).numel():
+        raise ValueError(f"k={k} must be between 1 and the h-space dimension {torch.Size(shape).numel()}")
+    if not 0 <= t < loaded.scheduler.config.num_train_timesteps or num_steps < 1:
+        raise ValueError(f"need 0 <= t < {loaded.scheduler.config.num_train_timesteps} and num_steps >= 1; "
+                         f"got t={t}, num_steps={num_steps}")
+    _check_jive(jive, k, len(region_list))
+    pixels = x_T = None
+    if images is not None:
+        files = image_files(images)
+        pixels = torch.stack([load_image(f, size) for f in files])
+        ids, sources = [f.name for f in files], [str(f.resolve()) for f in files]
+    else:
+        if samples < 1:
+            raise ValueError(f"samples must be at least 1; got {samples}")
+        ids, sources = [f"sample-{i:04d}" for i in range(samples)], [None] * samples
+        x_T = torch.randn(samples, channels, size, size, generator=torch.Generator().manual_seed(seed))
+    config = RunConfig(
+        model_source=model, model_fingerprint=loaded.fingerprint, resolution=size, channels=channels,
+        h_shape=tuple(shape), regions=tuple(r.name for r in region_list), images=tuple(ids),
+        image_sources=tuple(sources), t=grid_timestep(loaded, t, num_steps), k=k, num_steps=num_steps,
+        seed=seed, jive=jive,
+    )
+    masks = torch.stack([r.mask for r in region_list])
+    store = RunStore.open_or_create(out, config, masks, pixels, x_T)
+    return {"run_dir": str(store.run_dir), "images": len(ids), "regions": list(config.regions),
+            "run_id": store.run_id}

@@ -1,0 +1,84 @@
+"""What the model-heavy tasks share: their Prefect options, a per-process model cache, their thread share."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import distributed
+import torch
+from prefect.cache_policies import NO_CACHE
+
+from localedit.models import DiffusionModel, load_model
+
+# Cores a process may use: set it for Dask workers that share a machine (our LocalCluster does).
+WORKER_CORES_ENV = "LOCALEDIT_WORKER_CORES"
+# Concurrent tasks of the in-process runner (default: one per core).
+TASK_SLOTS_ENV = "LOCALEDIT_TASK_SLOTS"
+
+
+def cores() -> int:
+    return int(os.environ.get(WORKER_CORES_ENV) or len(os.sched_getaffinity(0)))
+
+
+def local_slots() -> int:
+    return int(os.environ.get(TASK_SLOTS_ENV) or cores())
+
+
+def use_thread_share() -> int:
+    """Give torch this process's cores divided among the tasks that run in it at once."""
+    try:
+        slots = distributed.get_worker().state.nthreads
+    except ValueError:  # not on a Dask worker: the in-process thread pool
+        slots = local_slots()
+    threads = max(1, cores() // slots)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def transient(task, task_run, state) -> bool:
+    """Retry crashes and runtime errors (out of memory, I/O), never bad input: it would fail again."""
+    try:
+        state.result()
+    except (ValueError, KeyError, TypeError, FileNotFoundError):
+        return False
+    except Exception:
+        return True
+    return True
+
+
+# Completion is tracked by the run store's marks, so Prefect's input-hash cache stays off.
+TASK_OPTIONS = dict(retries=2, retry_delay_seconds=2, retry_condition_fn=transient, cache_policy=NO_CACHE)
+GPU_TASK_OPTIONS = dict(TASK_OPTIONS, tags=["gpu"])
+
+_jacobian_lock = threading.Lock()
+
+
+@contextmanager
+def jacobian_slot() -> Iterator[None]:
+    """Take Jacobians one at a time per process.
+
+    PyTorch's forward-mode AD levels are process-global: two threads inside torch.func.jvp
+    corrupt each other ("invalid forward AD level"). (Task bodies reach the lock through this
+    function: Dask pickles them by value, and a lock does not pickle.)
+    """
+    with _jacobian_lock:
+        yield
+
+_lock = threading.Lock()
+_cached: dict[str, DiffusionModel] = {}
+
+
+def cached_model(source: str, fingerprint: str | None = None) -> DiffusionModel:
+    """Load ``source`` once per process (tasks on one worker share it); check its fingerprint if given."""
+    with _lock:
+        if source not in _cached:
+            _cached.clear()  # a worker serves one run's model at a time
+            _cached[source] = load_model(source)
+        model = _cached[source]
+    if fingerprint is not None and model.fingerprint != fingerprint:
+        raise ValueError(f"model {source!r} now has fingerprint {model.fingerprint}, but the run was started "
+                         f"with {fingerprint}; it changed on disk, so start a new run")
+    return model

@@ -1,0 +1,119 @@
+"""The catalogue: built from a run's per-image splits, opened as a DataFrame plus unit vectors."""
+
+import pandas as pd
+import pytest
+import torch
+
+from localedit import catalogue
+from localedit.jive import JIVE
+from localedit.models import DiffusionModel
+from localedit.store import RunStore
+from tests.test_store import box_masks, orthonormal, small_config
+
+N = 4
+
+
+def fill_run(run_dir, n: int = N) -> RunStore:
+    """A run whose images share one direction per region (plus per-image noise), split by JIVE."""
+    config = small_config(n=n, k=3, h_shape=(8, 4, 4))
+    store = RunStore.create(run_dir, config, box_masks(config))
+    d = config.h_dim
+    shared = orthonormal(d, 3, seed=100)  # eyes, mouth and a joint direction
+    for i in range(n):
+        g = torch.Generator().manual_seed(i)
+        bases = [torch.linalg.qr(torch.cat([shared[:, [2, a]], torch.randn(d, 1, generator=g)], 1)).Q
+                 for a in range(2)]
+        jive = JIVE().fit(bases, [torch.tensor([3.0, 2.0, 0.5])] * 2)
+        store.write_split(i, jive, seconds=0.1)
+    return store
+
+
+@pytest.fixture
+def built(tmp_path):
+    store = fill_run(tmp_path / "run")
+    catalogue.build(store.run_dir, threshold=0.5, min_support=2)
+    return store
+
+
+def test_frame_has_one_row_per_direction_with_the_documented_columns(built):
+    cat = catalogue.open(built.run_dir)
+    frame = cat.frame
+    assert {"id", "region", "kind", "rank", "singular_value", "consistency", "support", "t",
+            "model_fingerprint", "run_id", "created_at"} <= set(frame.columns)
+    assert frame["id"].is_unique and len(cat) == len(frame) > 0
+    assert set(frame["kind"]) == {"individual", "joint"}
+    assert set(frame["region"]) == {"eyes", "mouth", "eyes+mouth"}
+    assert (frame["t"] == 501).all() and (frame["model_fingerprint"] == "0123456789abcdef").all()
+    assert (frame["run_id"] == built.run_id).all()
+    assert pd.api.types.is_datetime64_any_dtype(frame["created_at"])
+    assert (frame["support"] >= 2).all() and frame["support"].le(N).all()
+    for _, group in frame.groupby(["region", "kind"]):
+        assert list(group["rank"]) == list(range(len(group)))  # 0 = strongest
+        assert group["singular_value"].is_monotonic_decreasing
+    eyes = frame.query("region == 'eyes' and kind == 'individual'")
+    assert list(eyes["id"])[0] == "eyes/individual/0"
+    assert frame.query("kind == 'joint'")["id"].iloc[0] == "joint/0"
+
+
+def test_vectors_are_unit_and_orthogonal_within_region_and_kind(built):
+    cat = catalogue.open(built.run_dir)
+    for _, group in cat.frame.groupby(["region", "kind"]):
+        V = torch.stack([cat.vector(i) for i in group["id"]], dim=1)
+        assert V.shape[0] == built.config.h_dim and V.dtype == torch.float32
+        torch.testing.assert_close(V.T @ V, torch.eye(V.shape[1]), atol=1e-5, rtol=0)
+
+
+def test_the_shared_directions_are_recovered(built):
+    cat = catalogue.open(built.run_dir)
+    shared = orthonormal(built.config.h_dim, 3, seed=100)
+    assert abs(float(cat.vector("eyes/individual/0") @ shared[:, 0])) > 0.99
+    assert abs(float(cat.vector("mouth/individual/0") @ shared[:, 1])) > 0.99
+    assert abs(float(cat.vector("joint/0") @ shared[:, 2])) > 0.99
+    top = cat.frame.set_index("id").loc["eyes/individual/0"]
+    assert top["support"] == N and top["consistency"] > 0.95
+
+
+def test_attrs_and_regions(built, tmp_path):
+    cat = catalogue.open(built.run_dir / catalogue.CATALOGUE_NAME)  # the parquet path works too
+    assert cat.attrs["model_fingerprint"] == "0123456789abcdef" and cat.attrs["model_source"] == "in-memory"
+    assert cat.attrs["t"] == 501 and cat.attrs["k"] == 3 and cat.attrs["num_steps"] == 10
+    assert cat.attrs["regions"] == ["eyes", "mouth"] and len(cat.attrs["images"]) == N
+    assert cat.attrs["min_support"] == 2 and cat.attrs["threshold"] == 0.5
+    masks = box_masks(built.config)
+    torch.testing.assert_close(cat.regions["eyes"].mask, masks[0])
+    torch.testing.assert_close(cat.regions["eyes+mouth"].mask, masks.amax(0))
+
+
+def test_a_model_with_another_fingerprint_is_refused(built):
+    cat = catalogue.open(built.run_dir)
+    same = DiffusionModel(unet=None, scheduler=None, fingerprint="0123456789abcdef", source="x")
+    cat.check_model(same)
+    other = DiffusionModel(unet=None, scheduler=None, fingerprint="fedcba9876543210", source="other-model")
+    with pytest.raises(ValueError, match="mined on model 0123456789abcdef.*fedcba9876543210.*do not apply"):
+        cat.check_model(other)
+
+
+def test_unknown_direction_and_missing_catalogue(built, tmp_path):
+    cat = catalogue.open(built.run_dir)
+    with pytest.raises(KeyError, match="no direction 'eyes/individual/99'.*joint/0"):
+        cat.vector("eyes/individual/99")
+    with pytest.raises(FileNotFoundError, match="no catalogue"):
+        catalogue.open(tmp_path / "nowhere")
+
+
+def test_an_incomplete_run_has_no_catalogue(tmp_path):
+    config = small_config(n=2)
+    store = RunStore.create(tmp_path / "run", config, box_masks(config))
+    with pytest.raises(ValueError, match="incomplete.*0 of 2"):
+        catalogue.build(store.run_dir)
+    assert not (store.run_dir / catalogue.CATALOGUE_NAME).exists()
+
+
+def test_rebuilding_with_a_stricter_filter_replaces_the_catalogue(built):
+    first = catalogue.open(built.run_dir)
+    catalogue.build(built.run_dir, threshold=0.5, min_support=N + 1)  # capped at the image count
+    strict = catalogue.open(built.run_dir)
+    assert strict.attrs["min_support"] == N
+    assert (strict.frame["support"] == N).all()
+    assert len(strict) <= len(first)
+    assert strict._vectors.shape[0] == len(strict)

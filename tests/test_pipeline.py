@@ -1,0 +1,292 @@
+"""The mining flow end to end on a tiny model: layout, resume, kill -9, Dask, a deployment, bad input.
+
+A real ``prefect server`` runs on 127.0.0.1 for the module (its own PREFECT_HOME), because
+Dask workers and the deployment's worker are separate processes that must report to it; the
+reference run itself uses ``prefect_test_harness``. Nothing leaves the loopback interface.
+"""
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from unittest import mock
+from uuid import UUID
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+from PIL import Image
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.mine import mine_directions, run_mining
+from localedit import catalogue
+from localedit.cli import main
+from localedit.models import load_model
+from localedit.store import STORE_NAME, RunStore
+from tests.conftest import tiny_unet
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SETTINGS = dict(samples=6, k=3, num_steps=10, regions="eyes,mouth", joint_rank=1, min_support=1)
+CLI_SETTINGS = ["--samples", "6", "--k", "3", "--num-steps", "10", "--regions", "eyes,mouth", "--joint-rank", "1",
+                "--min-support", "1"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    tiny_unet(seed=0).save_pretrained(root / "tiny")
+    tiny_unet(seed=1).save_pretrained(root / "other")
+    return {"tiny": str(root / "tiny"), "other": str(root / "other")}
+
+
+@pytest.fixture(scope="module")
+def mined(models, tmp_path_factory):
+    """The reference run: in process, under prefect_test_harness."""
+    out = tmp_path_factory.mktemp("mined") / "run"
+    with prefect_test_harness():
+        summary = mine_directions(out=str(out), model=models["tiny"], progress=False, **SETTINGS)
+    return out, summary
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, mined):
+    """`prefect server start` on loopback; PREFECT_API_URL points this process and its children at it.
+
+    It starts after the reference run (``mined``), so the test harness never nests inside it.
+    """
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {"PREFECT_HOME": str(home), "PREFECT_API_URL": url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_ENABLED": "false", "OMP_NUM_THREADS": "1"}
+    with mock.patch.dict(os.environ, env):
+        proc = subprocess.Popen([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("prefect server did not start")
+                    time.sleep(0.5)
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                yield url
+        finally:
+            try:
+                APILogWorker.drain_all()  # send this process's queued logs and events while the server is up
+                EventsWorker.drain_all()
+            finally:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
+
+
+def _bases(run_dir) -> dict[str, np.ndarray]:
+    group = RunStore(run_dir).group
+    return {name: group[name][:] for name in ("subspace_basis", "subspace_singular_values", "joint_basis",
+                                              "individual_basis", "x_t")}
+
+
+def _assert_same_catalogue(a, b):
+    cat_a, cat_b = catalogue.open(a), catalogue.open(b)
+    keys = ["id", "region", "kind", "rank", "support"]
+    pd.testing.assert_frame_equal(cat_a.frame[keys], cat_b.frame[keys])
+    np.testing.assert_allclose(cat_a.frame[["singular_value", "consistency"]], cat_b.frame[["singular_value", "consistency"]],
+                               atol=1e-5)
+    for direction in cat_a.frame["id"]:
+        torch.testing.assert_close(cat_a.vector(direction), cat_b.vector(direction), atol=1e-5, rtol=0)
+
+
+def test_end_to_end_layout_attributes_and_catalogue(mined, models):
+    run_dir, summary = mined
+    assert summary["tasks"] == {"latent": {"computed": 6, "skipped": 0}, "subspace": {"computed": 12, "skipped": 0},
+                                "split": {"computed": 6, "skipped": 0}}
+    store = RunStore(run_dir)
+    assert store.progress() == {"latent": (6, 6), "subspace": (12, 12), "split": (6, 6)}
+    attrs = dict(store.group.attrs)
+    assert attrs["model_fingerprint"] == load_model(models["tiny"]).fingerprint
+    assert attrs["t"] == 500 and attrs["k"] == 3 and attrs["num_steps"] == 10 and attrs["regions"] == ["eyes", "mouth"]
+    assert attrs["images"] == [f"sample-{i:04d}" for i in range(6)]
+    ds = xr.open_zarr(store.path, consolidated=False)
+    assert ds["subspace_basis"].dims == ("image", "region", "h", "component")
+    assert ds.sizes == {"image": 6, "region": 2, "channel": 3, "y": 16, "x": 16, "h": 1024, "component": 3,
+                        "stat": 3, "direction": len(catalogue.open(run_dir))}
+    images = ds["images"].values
+    assert images.min() >= 0 and images.max() <= 1 and images.std() > 0  # the sampled images were decoded
+    cat = catalogue.open(run_dir)
+    assert Path(summary["catalogue"]) == run_dir / catalogue.CATALOGUE_NAME
+    assert set(cat.frame["kind"]) == {"individual", "joint"} and {"eyes", "mouth"} <= set(cat.frame["region"])
+    for _, group in cat.frame.groupby(["region", "kind"]):
+        V = torch.stack([cat.vector(i) for i in group["id"]], dim=1)
+        torch.testing.assert_close(V.T @ V, torch.eye(V.shape[1]), atol=1e-5, rtol=0)
+
+
+def test_rerun_recomputes_nothing(mined, models, server):
+    run_dir, _ = mined
+    chunks = sorted((run_dir / STORE_NAME / "subspace_basis").rglob("*"))
+    stamps = [p.stat().st_mtime_ns for p in chunks]
+    before = catalogue.open(run_dir).frame
+    summary = mine_directions(out=str(run_dir), model=models["tiny"], progress=False, **SETTINGS)
+    assert {stage: c["computed"] for stage, c in summary["tasks"].items()} == {"latent": 0, "subspace": 0, "split": 0}
+    assert summary["tasks"]["subspace"]["skipped"] == 12
+    assert [p.stat().st_mtime_ns for p in chunks] == stamps
+    pd.testing.assert_frame_equal(catalogue.open(run_dir).frame.drop(columns="created_at"),
+                                  before.drop(columns="created_at"))
+
+
+def test_kill_9_mid_run_resumes_to_identical_bases(mined, models, server, tmp_path):
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([BIN / "localedit", "mine", "--model", models["tiny"], *CLI_SETTINGS, "--out", str(run_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            if (run_dir / STORE_NAME / "zarr.json").exists() and RunStore(run_dir).progress()["subspace"][0] >= 2:
+                break
+            time.sleep(0.02)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # it may have finished first; the assert below says so
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    store = RunStore(run_dir)
+    progress = store.progress()
+    assert 2 <= progress["subspace"][0] < 12, f"the run was not caught mid-way: {progress}"
+    assert not (run_dir / catalogue.CATALOGUE_NAME).exists()
+    for i in range(6):  # every chunk a mark vouches for is whole
+        for region in ("eyes", "mouth"):
+            if store.subspace_done(i, region):
+                basis, _ = store.subspace(i, region)
+                torch.testing.assert_close(basis.T @ basis, torch.eye(3), atol=1e-4, rtol=0)
+    summary = run_mining(out=str(run_dir), model=models["tiny"], progress=False, **SETTINGS)
+    assert summary["tasks"]["subspace"]["skipped"] == progress["subspace"][0]
+    assert summary["tasks"]["subspace"]["computed"] == 12 - progress["subspace"][0]
+    assert not list((run_dir / STORE_NAME).rglob("*.partial"))
+    resumed, reference = _bases(run_dir), _bases(mined[0])
+    for name in reference:
+        np.testing.assert_allclose(resumed[name], reference[name], atol=1e-6, err_msg=name)
+    _assert_same_catalogue(run_dir, mined[0])
+
+
+def test_dask_on_a_local_cluster_matches_in_process(mined, models, server, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    # gpu=True: model-heavy tasks ask for a "GPU" worker resource, which this cluster's workers offer.
+    summary = run_mining(runner="dask", workers=2, gpu=True, out=str(tmp_path / "dask"), model=models["tiny"],
+                         progress=False, **SETTINGS)
+    assert summary["tasks"]["subspace"]["computed"] == 12
+    _assert_same_catalogue(tmp_path / "dask", mined[0])
+    with get_client(sync_client=True) as client:  # the workers reported their task runs to the server
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(summary["flow_run_id"])])))
+    names = [r.name for r in runs if r.state.is_completed()]
+    assert sum(n.startswith("subspace-") for n in names) == 12 and sum(n.startswith("invert-") for n in names) == 6
+
+
+def _prefect(*args: str) -> str:
+    result = subprocess.run([BIN / "prefect", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_deployment_runs_on_a_process_worker(models, server, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    _prefect("work-pool", "create", "localedit-gpu", "--type", "process")
+    _prefect("work-pool", "set-concurrency-limit", "localedit-gpu", "1")
+    _prefect("concurrency-limit", "create", "gpu", "2")
+    _prefect("deploy", "--no-prompt", "--prefect-file", "deployment.yaml", "--all")
+    out = tmp_path / "deployed"
+    started = _prefect("deployment", "run", "mine-directions/mine-on-demand", "--param", f"out={out}",
+                       "--param", f"model={models['tiny']}", "--param", "samples=2", "--param", "k=3",
+                       "--param", "num_steps=10", "--param", "min_support=1")
+    flow_run_id = UUID(re.search(r"UUID:\s*([0-9a-f-]{36})", started).group(1))
+    _prefect("worker", "start", "--pool", "localedit-gpu", "--run-once")
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        weekly = client.read_deployment_by_name("mine-directions/mine-weekly")
+    assert flow_run.state.is_completed(), flow_run.state
+    assert weekly.schedules and weekly.schedules[0].schedule.cron == "0 3 * * 1"
+    cat = catalogue.open(out)
+    assert len(cat) > 0 and cat.attrs["images"] == ["sample-0000", "sample-0001"]
+
+
+def _png(path: Path, size: int) -> Path:
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("unreadable", "cannot read image"),
+    ("wrong_size", r"is 32x32 pixels; expected 16x16"),
+    ("unknown_region", "unknown region preset"),
+    ("bad_rank", r"joint_rank=4 must be in \[0, min k_a = 3\]"),
+])
+def test_bad_input_is_a_clear_error_and_writes_nothing(case, message, models, server, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _png(folder / "a.png", 16)
+    regions, joint_rank = "eyes,mouth", None
+    if case == "unreadable":
+        (folder / "b.png").write_bytes(b"not a png at all")
+    elif case == "wrong_size":
+        _png(folder / "b.png", 32)
+    elif case == "unknown_region":
+        regions = "eyes,nose"
+    else:
+        joint_rank = 4
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        mine_directions(out=str(out), model=models["tiny"], images=str(folder), regions=regions, k=3, num_steps=10,
+                        joint_rank=joint_rank, progress=False)
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_resuming_with_other_settings_is_refused(mined, models, server):
+    run_dir, summary = mined
+    with pytest.raises(ValueError, match="other settings.*k: 3 != 4"):
+        mine_directions(out=str(run_dir), model=models["tiny"], progress=False, **(SETTINGS | {"k": 4}))
+    assert RunStore(run_dir).run_id == summary["run_id"]
+
+
+def test_catalogue_and_edit_commands(mined, models, tmp_path, capsys):
+    run_dir, _ = mined
+    assert main(["catalogue", "show", str(run_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert "joint/0" in shown and "eyes/individual/0" in shown
+    assert main(["catalogue", "query", str(run_dir), "kind == 'joint'"]) == 0
+    queried = capsys.readouterr().out
+    assert "joint/0" in queried and "eyes/individual" not in queried
+    assert main(["catalogue", "query", str(run_dir), "nonsense == 1"]) == 2
+    assert "bad query" in capsys.readouterr().err
+
+    image = _png(tmp_path / "face.png", 16)
+    strip = tmp_path / "strip.png"
+    assert main(["edit", "--catalogue", str(run_dir), "--direction", "eyes/individual/0", "--image", str(image),
+                 "--alphas=-0.2,0,0.2", "--out", str(strip)]) == 0
+    with Image.open(strip) as png:
+        assert png.width > 3 * 16 * 4
+    refused = tmp_path / "refused.png"
+    assert main(["edit", "--catalogue", str(run_dir), "--direction", "eyes/individual/0", "--image", str(image),
+                 "--model", models["other"], "--out", str(refused)]) == 2
+    assert "do not apply" in capsys.readouterr().err and not refused.exists()

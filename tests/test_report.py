@@ -1,0 +1,108 @@
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from localedit.baselines import METHODS, REGION_FREE
+from localedit.cli import main
+from localedit.editing import write_strip
+from localedit.evaluation import strip_path
+from localedit.report import LABELS, REPORT_FILE, text_table, write_report
+from localedit.summary import save_results
+
+
+def _rows(lpips: bool) -> pd.DataFrame:
+    """Metric rows shaped like the evaluation's, with made-up values: one direction per method and region."""
+    rng = np.random.default_rng(0)
+    records = []
+    for method in METHODS:
+        for region in [None] if method in REGION_FREE else ["eyes", "mouth"]:
+            direction = f"m0:{method}:{region or 'all'}"
+            for split, images in (("source", ["m0"]), ("transfer", ["h0", "h1", "h2"])):
+                for image in images:
+                    for kind, mults in (("matched", (1.0, -1.0)), ("sweep", (-2.0, -1.0, 1.0, 2.0))):
+                        if kind == "sweep" and split == "source":
+                            continue
+                        for mult in mults:
+                            for scored in [region] if region else ["eyes", "mouth"]:
+                                records.append({
+                                    "direction": direction, "method": method, "direction_region": region,
+                                    "space": "x" if method == "loco_xspace" else "h", "source": "m0", "split": split,
+                                    "image": image, "kind": kind, "alpha": 0.1 * mult, "alpha_mult": mult,
+                                    "matched_alpha": 0.1, "matched": True, "target_change": 0.03, "region": scored,
+                                    "total_change": 0.03, "locality": rng.uniform(), "inside_strength": 0.05,
+                                    "outside_psnr": rng.uniform(25, 40), "outside_ssim": rng.uniform(0.9, 1),
+                                    "lpips": rng.uniform(0, 0.1) if lpips else None,
+                                    "lpips_outside": rng.uniform(0, 0.05) if lpips else None,
+                                    "factor_purity": rng.uniform(), "factor_eye_openness": rng.normal(),
+                                    "factor_lighting": rng.normal()})
+    return pd.DataFrame(records)
+
+
+@pytest.fixture
+def evaluated(tmp_path):
+    """A results directory with a strip and a model card whose figure must be embedded."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    Image.new("RGB", (8, 8), "blue").save(model_dir / "samples.png")
+    (model_dir / "README.md").write_text("# faces-32\n\n| steps | loss |\n|---|---|\n| 10 | 0.5 |\n\n![samples](samples.png)\n")
+    run = tmp_path / "run"
+    mask = torch.zeros(16, 16)
+    mask[4:8, 2:14] = 1
+    write_strip(strip_path(run, "m0:masked:eyes"), torch.rand(2, 3, 16, 16), torch.rand(2, 3, 3, 16, 16),
+                [-0.1, 0.0, 0.1], mask=mask)
+    return run, model_dir
+
+
+def _write(run, model_dir, lpips: bool):
+    note = "LPIPS v0.1, AlexNet" if lpips else "unavailable: AlexNet weights not found"
+    result = save_results(run, _rows(lpips), {"model_source": str(model_dir), "target_change": 0.03,
+                                              "lpips_note": note, "probe_note": ""})
+    return result, write_report(run)
+
+
+def test_report_is_self_contained_and_complete(evaluated):
+    run, model_dir = evaluated
+    _, path = _write(run, model_dir, lpips=False)
+    assert path == run / REPORT_FILE and not list(run.glob("*.partial"))
+    page = path.read_text()
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "<script>" in page and 'class="sortable"' in page
+    for method in METHODS:
+        assert LABELS[method] in page
+    assert "unavailable: AlexNet weights not found" in page  # the LPIPS gap is stated, not hidden
+    assert "<h2>Model card</h2>" in page and "<table>" in page  # the card's markdown table is rendered
+    assert "m0:masked:eyes" in page  # the strip's caption names its direction
+    # Plots: locality and outside PSNR by method, locality vs alpha, factor changes; strip; card figure.
+    assert len(sources) == 4 + 1 + 1
+
+
+def test_report_plots_lpips_when_it_was_measured(evaluated):
+    run, model_dir = evaluated
+    _, path = _write(run, model_dir, lpips=True)
+    page = path.read_text()
+    assert len(re.findall(r'src="data:image/png', page)) == 5 + 1 + 1
+    assert "unavailable" not in page
+
+
+def test_text_table_lists_every_method_with_intervals(evaluated):
+    run, model_dir = evaluated
+    result, _ = _write(run, model_dir, lpips=False)
+    table = text_table(result["methods"])
+    lines = table.splitlines()
+    assert len(lines) == 1 + len(METHODS)
+    assert [line.split()[0] for line in lines[1:]] == list(METHODS)
+    assert re.search(r"0\.\d\d \[0\.\d\d, 0\.\d\d\]", table)
+
+
+def test_report_command_rewrites_the_report(evaluated, capsys):
+    run, model_dir = evaluated
+    _write(run, model_dir, lpips=False)
+    (run / REPORT_FILE).unlink()
+    assert main(["report", str(run)]) == 0
+    assert capsys.readouterr().out.strip() == str(run / REPORT_FILE)
+    assert (run / REPORT_FILE).is_file()

@@ -1,0 +1,158 @@
+"""The run store: layout readable by xarray, one writer per chunk, marks after chunks, atomic creation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from localedit.jacobian import Subspace
+from localedit.jive import JIVE
+from localedit.store import STORE_NAME, RunConfig, RunStore
+
+
+def small_config(n: int = 3, k: int = 2, **changes) -> RunConfig:
+    config = dict(
+        model_source="in-memory", model_fingerprint="0123456789abcdef", resolution=8, channels=3,
+        h_shape=(4, 2, 2), regions=("eyes", "mouth"), images=tuple(f"img-{i}" for i in range(n)),
+        image_sources=(None,) * n, t=501, k=k, num_steps=10, seed=0,
+        jive={"joint_rank": None, "individual_ranks": None, "max_angle_deg": 30.0},
+    )
+    return RunConfig(**(config | changes))
+
+
+def box_masks(config: RunConfig) -> torch.Tensor:
+    masks = torch.zeros(len(config.regions), config.resolution, config.resolution)
+    for a in range(len(config.regions)):
+        masks[a, 2 * a: 2 * a + 2, 1:7] = 1
+    return masks
+
+
+def orthonormal(d: int, k: int, seed: int) -> torch.Tensor:
+    return torch.linalg.qr(torch.randn(d, k, generator=torch.Generator().manual_seed(seed))).Q
+
+
+def subspace(d: int, k: int, seed: int) -> Subspace:
+    return Subspace(orthonormal(d, k, seed), torch.linspace(2.0, 1.0, k), 7, 1e-4, True, 0.1)
+
+
+@pytest.fixture
+def store(tmp_path):
+    config = small_config()
+    x_T = torch.randn(3, 3, 8, 8)
+    return RunStore.create(tmp_path / "run", config, box_masks(config), x_T=x_T)
+
+
+def test_layout_is_preallocated_chunked_per_task_and_named_for_xarray(store):
+    config = store.config
+    n, r, d, k = 3, 2, config.h_dim, config.k
+    group = store.group
+    assert group["subspace_basis"].shape == (n, r, d, k)
+    assert group["subspace_basis"].chunks == (1, 1, d, k)
+    assert group["individual_basis"].chunks == (1, 1, d, k)
+    assert group["joint_basis"].chunks == (1, d, k)
+    assert group["done_subspace"].chunks == (1, 1)
+    for name, array in group.arrays():
+        assert array.metadata.dimension_names is not None and None not in array.metadata.dimension_names, name
+    ds = xr.open_zarr(store.path, consolidated=False)
+    assert ds.sizes["image"] == n and ds.sizes["region"] == r and ds.sizes["h"] == d
+    assert ds["subspace_basis"].dims == ("image", "region", "h", "component")
+    assert ds.attrs["model_fingerprint"] == config.model_fingerprint
+    assert ds.attrs["regions"] == ["eyes", "mouth"] and ds.attrs["k"] == 2 and ds.attrs["t"] == 501
+    assert RunStore(store.run_dir).config == config
+
+
+def test_a_mark_is_written_only_with_its_chunk(store):
+    assert not store.subspace_done(1, "mouth")
+    assert store.progress() == {"latent": (0, 3), "subspace": (0, 6), "split": (0, 3)}
+    sub = subspace(store.config.h_dim, 2, seed=1)
+    store.write_subspace(1, "mouth", sub, seconds=0.25)
+    reopened = RunStore(store.run_dir)
+    assert reopened.subspace_done(1, "mouth") and not reopened.subspace_done(1, "eyes")
+    basis, sv = reopened.subspace(1, "mouth")
+    torch.testing.assert_close(basis, sub.basis)
+    torch.testing.assert_close(sv, sub.singular_values)
+    assert reopened.progress()["subspace"] == (1, 6)
+    assert reopened.group["done_subspace"][1, 1] == pytest.approx(0.25)  # the mark holds the task's seconds
+    # The chunk of another (image, region) was never touched: each task is its only writer.
+    assert not (store.path / "subspace_basis" / "c" / "1" / "0").exists()
+
+
+def test_split_round_trip_pads_and_trims_ranks(store):
+    d = store.config.h_dim
+    bases = [orthonormal(d, 2, seed) for seed in (1, 2)]
+    jive = JIVE().fit(bases, [torch.tensor([3.0, 1.0]), torch.tensor([2.0, 1.0])])
+    store.write_split(0, jive, seconds=0.5)
+    split = RunStore(store.run_dir).split(0)
+    assert split.joint.shape == (d, jive.ranks_["joint"])
+    for a in range(2):
+        torch.testing.assert_close(split.individual[a], jive.individual_bases_[a])
+        torch.testing.assert_close(split.individual_singular_values[a], jive.individual_singular_values_[a])
+
+
+def test_sampled_images_keep_their_seeded_x_T(tmp_path):
+    config = small_config()
+    x_T = torch.randn(3, 3, 8, 8)
+    store = RunStore.create(tmp_path / "run", config, box_masks(config), x_T=x_T)
+    torch.testing.assert_close(store.x_T(2), x_T[2])
+    assert not store.latent_done(2)
+
+
+def test_resume_needs_equal_settings(store):
+    config = store.config
+    assert RunStore.open_or_create(store.run_dir, config, box_masks(config)).run_id == store.run_id
+    moved = RunStore.open_or_create(store.run_dir, small_config(model_source="/elsewhere"), box_masks(config))
+    assert moved.run_id == store.run_id  # the fingerprint, not the path, identifies the model
+    with pytest.raises(ValueError, match="other settings.*k: 2 != 3"):
+        RunStore.open_or_create(store.run_dir, small_config(k=3), box_masks(config))
+    with pytest.raises(FileExistsError):
+        RunStore.create(store.run_dir, config, box_masks(config))
+
+
+def test_resume_removes_temporary_chunks_of_a_killed_writer(store):
+    leftover = store.path / "subspace_basis" / "c" / "0" / "0.1234.partial"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half")
+    RunStore.open_or_create(store.run_dir, store.config, box_masks(store.config))
+    assert not leftover.exists()
+
+
+def test_wrong_input_shapes_are_refused_before_writing(tmp_path):
+    config = small_config()
+    with pytest.raises(ValueError, match=r"masks has shape \(5, 8, 8\); this run needs \(2, 8, 8\)"):
+        RunStore.create(tmp_path / "run", config, torch.zeros(5, 8, 8))
+    with pytest.raises(ValueError, match="images has shape"):
+        RunStore.create(tmp_path / "run", config, box_masks(config), images=torch.zeros(2, 3, 8, 8))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_crash_while_creating_leaves_nothing(tmp_path, monkeypatch):
+    config = small_config()
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("localedit.store.os.rename", crash)
+    with pytest.raises(OSError, match="disk full"):
+        RunStore.create(tmp_path / "run", config, box_masks(config))
+    assert list((tmp_path / "run").iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="no run store"):
+        RunStore(tmp_path / "run")
+
+
+def test_not_a_run_store(tmp_path):
+    import zarr
+
+    zarr.create_group(tmp_path / "run" / STORE_NAME, zarr_format=3, attributes={"format": "other"})
+    with pytest.raises(ValueError, match="not a localedit run store"):
+        RunStore(tmp_path / "run")
+
+
+def test_marks_hold_task_seconds_and_nan_until_done(store):
+    marks = store.group["done_latent"][:]
+    assert np.isnan(marks).all()
+    store.write_latent(0, torch.zeros(3, 8, 8), torch.ones(3, 8, 8), seconds=1.5, image=torch.full((3, 8, 8), 0.5))
+    assert store.latent_done(0) and not math.isnan(store.group["done_latent"][0])
+    torch.testing.assert_close(store.image(0), torch.full((3, 8, 8), 0.5))
+    torch.testing.assert_close(store.x_t(0), torch.ones(3, 8, 8))
