@@ -122,6 +122,10 @@ def mine(model: str, n: int, runner: str, out: Path) -> dict:
         "end_to_end_seconds": end_to_end,
         "flow_run_seconds": flow_wall,
         "outside_tasks_share": 1 - _union_seconds(spans) / flow_wall,
+        # Where the time outside tasks goes: before the first task run, after the last one
+        # (building the catalogue), and the gaps in between (scheduling).
+        "before_first_task_seconds": min(a for a, _ in spans) - flow_start,
+        "after_last_task_seconds": flow_end - max(b for _, b in spans),
         # Prefect's own work in a task run, and (in process) waiting for the Jacobian lock.
         "task_run_share_outside_bodies": 1 - summary["task_seconds"] / in_runs,
         "task_body_seconds": summary["task_seconds"],
@@ -133,11 +137,12 @@ def mine(model: str, n: int, runner: str, out: Path) -> dict:
 def markdown(rows: list[dict], described: str) -> str:
     lines = [f"Model: {described}; regions {REGIONS}.", "",
              "| runner | images | pairs | pairs / min | end to end (s) | flow run (s) | outside tasks | "
-             "in task runs, outside bodies | task bodies (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "of which before first / after last task (s) | in task runs, outside bodies | task bodies (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['runner']} | {r['images']} | {r['pairs']} | {r['pairs_per_minute']:.1f} | "
                      f"{r['end_to_end_seconds']:.0f} | {r['flow_run_seconds']:.0f} | {r['outside_tasks_share']:.1%} | "
+                     f"{r['before_first_task_seconds']:.1f} / {r['after_last_task_seconds']:.1f} | "
                      f"{r['task_run_share_outside_bodies']:.1%} | {r['task_body_seconds']:.0f} |")
     by = {(r["runner"], r["images"]): r for r in rows}
     for n in sorted({r["images"] for r in rows}):
