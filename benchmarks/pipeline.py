@@ -41,6 +41,7 @@ def prefect_server(home: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}/api"
     env = {"PREFECT_HOME": str(home), "PREFECT_API_URL": url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_UI_ENABLED": "false"}
+    saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)  # before Prefect is imported, and inherited by Dask's worker processes
     proc = subprocess.Popen([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -56,8 +57,15 @@ def prefect_server(home: Path) -> Iterator[str]:
                 time.sleep(0.5)
         yield url
     finally:
+        if "prefect.logging.handlers" in sys.modules:  # send queued run logs while the server is up
+            sys.modules["prefect.logging.handlers"].APILogWorker.drain_all(timeout=5)
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value
 
 
 def _union_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -145,10 +153,11 @@ def markdown(rows: list[dict], described: str) -> str:
                      f"{r['before_first_task_seconds']:.1f} / {r['after_last_task_seconds']:.1f} | "
                      f"{r['task_run_share_outside_bodies']:.1%} | {r['task_body_seconds']:.0f} |")
     by = {(r["runner"], r["images"]): r for r in rows}
+    lines.append("")
     for n in sorted({r["images"] for r in rows}):
         if ("local", n) in by and ("dask", n) in by:
             ratio = by["dask", n]["pairs_per_minute"] / by["local", n]["pairs_per_minute"]
-            lines.append(f"\n{n} images: Dask / in-process throughput = {ratio:.2f}.")
+            lines.append(f"{n} images: Dask / in-process throughput = {ratio:.2f}.")
     return "\n".join(lines)
 
 

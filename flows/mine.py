@@ -45,6 +45,7 @@ def mine_directions(
     joint_rank: int | None = None,
     individual_rank: int | None = None,
     max_angle_deg: float = 30.0,
+    complements: bool = True,
     threshold: float = 0.5,
     min_support: int = 2,
     gpu: bool = False,
@@ -62,6 +63,8 @@ def mine_directions(
         t: editing timestep (rounded to the DDIM grid); k: subspace size per region.
         num_steps: DDIM steps for inversion and sampling.
         joint_rank, individual_rank, max_angle_deg: JIVE settings (ranks None = chosen from the angles).
+        complements: our extension: each region's complement is one more subspace, and individual
+            directions leave out what a region shares with it (more local edits); False: the paper's JIVE.
         threshold, min_support: a catalogue direction must lie within squared cosine ``threshold``
             of the subspaces of at least ``min_support`` images.
         gpu: ask Dask for a ``GPU`` worker resource for the model-heavy tasks.
@@ -69,15 +72,16 @@ def mine_directions(
     """
     start = time.perf_counter()
     jive = {"joint_rank": joint_rank, "individual_ranks": individual_rank, "max_angle_deg": max_angle_deg}
-    run = prepare_run(datetime.now().strftime(out), model, images, samples, seed, regions, t, k, num_steps, jive)
+    run = prepare_run(datetime.now().strftime(out), model, images, samples, seed, regions, t, k, num_steps, jive,
+                      complements)
     run_dir, n = run["run_dir"], run["images"]
     # Submitted stage by stage: a task waiting for its upstream holds a worker thread, so
     # interleaving the stages per image would fill every slot with waiting tasks.
     with dask.annotate(resources={"GPU": 1}) if gpu else nullcontext():
         latents = {i: invert_image.submit(run_dir, i) for i in range(n)}
         subspaces = {(i, r): region_subspace.submit(run_dir, i, r, wait_for=[latents[i]])
-                     for i in range(n) for r in run["regions"]}
-    splits = {i: split_image.submit(run_dir, i, wait_for=[subspaces[i, r] for r in run["regions"]])
+                     for i in range(n) for r in run["blocks"]}
+    splits = {i: split_image.submit(run_dir, i, wait_for=[subspaces[i, r] for r in run["blocks"]])
               for i in range(n)}
     futures = {**{("latent", i): f for i, f in latents.items()},
                **{("subspace", *key): f for key, f in subspaces.items()},

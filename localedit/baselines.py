@@ -5,11 +5,12 @@ Jacobians. Baselines people would otherwise use: the unmasked Jacobian's top dir
 (global h-space edits, Park et al. / Haas et al.), a region's raw masked subspace without
 JIVE (Haas et al. local), LOCO-Edit-style x-space directions (Chen et al. 2024: masked
 Jacobian of the predicted x0 w.r.t. x_t, projected off the complement region's Jacobian
-subspace, added to x_t at one step), and a random h direction. Our extension adds the rest
-of the image (outside every region) as one more JIVE block, so individual directions are
-also free of what they share with everything outside the regions.
+subspace, added to x_t at one step), and a random h direction. Our extension (the library's
+default, ``localedit.mining.split_subspaces`` with complements) adds each region's complement
+as one more JIVE block, so individual directions are also free of what the region shares with
+the rest of the image.
 
-All h-space subspaces come from one linearisation (regions, rest and whole image masks
+All h-space subspaces come from one linearisation (regions, complements and whole image masks
 together), so the methods see exactly the same Jacobian.
 """
 
@@ -21,13 +22,11 @@ import torch
 from torch.func import jvp, vjp, vmap
 
 from localedit.ddim import DEFAULT_STEPS
-from localedit.jive import JIVE
-from localedit.mining import DEFAULT_K, DEFAULT_T, Latent, latent_at, region_subspaces
+from localedit.mining import DEFAULT_K, DEFAULT_T, Latent, complements_of, latent_at, region_subspaces, split_subspaces
 from localedit.models import DiffusionModel
 from localedit.regions import Region, complement
 
 METHODS = ("jive_individual", "jive_joint", "global", "masked", "loco_xspace", "random", "jive_complement")
-OURS = ("jive_individual", "jive_joint")  # the paper's method; the rest are baselines and our extension
 REGION_FREE = ("jive_joint", "global", "random")  # directions not tied to one region
 
 
@@ -116,30 +115,26 @@ def method_directions(model: DiffusionModel, image: torch.Tensor | None, regions
         raise ValueError("the comparison needs at least two regions (JIVE splits joint from individual)")
     size = model.resolution
     latent = latent_at(model, image, t, num_steps, x_T)
-    rest = complement(regions, size)
     whole = Region("whole", torch.ones(size, size))
-    subs = region_subspaces(model, latent, [*regions, rest, whole], k)
+    subs = region_subspaces(model, latent, [*regions, *complements_of(regions, size), whole], k)
     R = len(regions)
-
-    def fit(blocks):
-        return JIVE(**(jive or {})).fit([s.basis for s in blocks], [s.singular_values for s in blocks])
-
-    ours, extended = fit(subs[:R]), fit(subs[: R + 1])
+    pairs = [(s.basis, s.singular_values) for s in subs]
+    ours, extended = split_subspaces(pairs[:R], jive=jive), split_subspaces(pairs[:R], pairs[R:2 * R], jive)
     found: list[tuple[str, str | None, str, torch.Tensor]] = []
     for a, region in enumerate(regions):
-        for method, basis in (("jive_individual", ours.individual_bases_[a]),
-                              ("jive_complement", extended.individual_bases_[a]),
+        for method, basis in (("jive_individual", ours.individual[a]),
+                              ("jive_complement", extended.individual[a]),
                               ("masked", subs[a].basis)):
             if basis.shape[1]:
                 found.append((method, region.name, "h", basis[:, 0]))
-    if ours.joint_basis_.shape[1]:
-        found.append(("jive_joint", None, "h", ours.joint_basis_[:, 0]))
-    found.append(("global", None, "h", subs[R + 1].basis[:, 0]))
+    if ours.joint.shape[1]:
+        found.append(("jive_joint", None, "h", ours.joint[:, 0]))
+    found.append(("global", None, "h", subs[2 * R].basis[:, 0]))
     for region, v in zip(regions, loco_directions(model, latent, regions, k, seed=seed)):
         found.append(("loco_xspace", region.name, "x", v))
     g = torch.Generator().manual_seed(seed)
     found.append(("random", None, "h", torch.randn(subs[0].basis.shape[0], generator=g)))
-    info = {"jive_ranks": ours.ranks_, "jive_complement_ranks": extended.ranks_}
+    info = {"jive_ranks": ours.ranks, "jive_complement_ranks": extended.ranks}
     directions = [Direction(f"{source}:{method}:{region or 'all'}", method, region, space, v, latent.t, source, info)
                   for method, region, space, v in found]
     return directions, latent

@@ -99,7 +99,8 @@ class Catalogue:
         vectors, build_attrs = store.directions()
         self._vectors = torch.from_numpy(vectors)
         run_attrs = dict(store.group.attrs)
-        self.attrs = {**{key: run_attrs[key] for key in ATTRS}, **build_attrs, "run_id": store.run_id}
+        self.attrs = {**{key: run_attrs[key] for key in ATTRS}, "complements": bool(run_attrs.get("complements", False)),
+                      **build_attrs, "run_id": store.run_id}
         regions = store.regions
         union = torch.stack([r.mask for r in regions]).amax(0)
         self.regions = {r.name: r for r in regions} | {joint_region(store.config.regions): Region(

@@ -43,7 +43,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for name, sub in zip(found.regions, found.subspaces):
         print(f"{name:>10}: k={sub.basis.shape[1]} iterations={sub.iterations} "
               f"top singular values={[round(float(s), 3) for s in sub.singular_values[:3]]}")
-    print(f"JIVE ranks: {found.jive.ranks_}")
+    print(f"JIVE ranks: {found.split.ranks}")
     for name, v in directions.items():
         region = next((r for r in regions if name.startswith(r.name + "_")), None)
         edited = edit(model, None, v, args.alphas, x_T=found.latent.x_T)
@@ -124,6 +124,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
         runner=args.runner, dask_address=args.dask_address, workers=args.workers, out=args.out, model=args.model,
         images=args.images, samples=args.samples, seed=args.seed, regions=args.regions, t=args.t, k=args.k,
         num_steps=args.num_steps, joint_rank=args.joint_rank, individual_rank=args.individual_rank,
+        complements=not args.paper_jive,
         threshold=args.threshold, min_support=args.min_support, gpu=args.gpu)
     _print_mining(summary)
     return 0
@@ -167,7 +168,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The whole pipeline on bundled data: mine the bundled samples, then strip the top directions on held-out ones.
+    """The whole pipeline on bundled data: mine the bundled samples, strip the top directions on held-out
+    ones, then score every top direction at matched strength and write the run's report.
 
     The joint rank is fixed at 1: on the bundled model the eyes and mouth subspaces lie 60-73
     degrees apart, so the automatic rank finds no joint direction, yet the most shared one
@@ -191,6 +193,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     for direction in cat.frame.query("rank == 0")["id"]:
         path = Path(summary["run_dir"]) / "strips" / f"{direction.replace('/', '-')}.png"
         print(f"strip: {_direction_strip(cat, model, direction, heldout, DEFAULT_ALPHAS, path)}")
+    if len(cat) and args.evaluate_heldout:
+        from flows.evaluate import evaluate_directions
+        from localedit.report import text_table
+
+        result = evaluate_directions(summary["run_dir"], heldout=args.evaluate_heldout)
+        print(text_table(result["methods"]))
+        print(f"catalogue: {Path(summary['run_dir']) / 'catalogue.parquet'}")
+        print(f"report: {result['report']}")
     return 0
 
 
@@ -240,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--num-steps", type=int, default=50, help="DDIM steps")
     mine.add_argument("--joint-rank", type=int, default=None, help="JIVE joint rank (default: from subspace angles)")
     mine.add_argument("--individual-rank", type=int, default=None, help="JIVE individual rank per region (default: auto)")
+    mine.add_argument("--paper-jive", action="store_true",
+                      help="JIVE over the regions only, as in the paper (default: each region's complement is one "
+                           "more block, which keeps individual directions more local)")
     mine.add_argument("--threshold", type=float, default=0.5,
                       help="squared cosine at which an image's subspace counts as containing a direction")
     mine.add_argument("--min-support", type=int, default=2, help="images that must contain a catalogue direction")
@@ -275,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default="bundled", help="bundled (default), a diffusers folder, or a hub id")
     run.add_argument("--runner", choices=("local", "dask"), default="local")
     run.add_argument("--heldout", type=int, default=3, help="held-out samples in each edit strip")
+    run.add_argument("--evaluate-heldout", type=int, default=16,
+                     help="held-out samples every direction is scored on for the report (0: no evaluation)")
     run.add_argument("--out", default="out/run")
     run.set_defaults(func=cmd_run)
     return parser

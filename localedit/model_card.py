@@ -149,7 +149,11 @@ def write_card(model_dir: Path, config: dict, final_loss: float, minutes: float,
         lines += ["## Measured quality", "```json\n" + json.dumps(asdict(quality), indent=2) + "\n```",
                   "`factor_distance`: 1-D Wasserstein distance between the probe's predictions on samples and on "
                   "generator images, in units of the factor's std; `_floor` is the same for two disjoint generator "
-                  "sets. `probe_fid`: Frechet distance in the probe's feature space, next to its floor."]
+                  "sets. `probe_fid`: Frechet distance in the probe's feature space, next to its floor. "
+                  "`edit_locality`: share of the pixel change inside the eyes (mouth) box when the top individual "
+                  "direction (JIVE with the regions' complements as extra blocks, the library default) or the top "
+                  "joint direction is applied at alpha 0.2 on 4 generator images; chance is the box's share of the "
+                  "image (eyes 0.14, mouth 0.09)."]
     if extra:
         lines.append(extra)
     path = model_dir / "README.md"

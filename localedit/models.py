@@ -15,7 +15,8 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+from localedit.paths import DATA_DIR
+
 BUNDLED_MODEL_DIR = DATA_DIR / "models" / "faces-32"
 
 

@@ -27,9 +27,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from localedit.paths import DATA_DIR
 from localedit.synthetic import FACTORS, GENERATOR_VERSION, sample_factors, sample_faces
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "models" / "probe"
+DEFAULT_DIR = DATA_DIR / "models" / "probe"
 WEIGHTS = "probe.safetensors"
 META = "probe.json"
 CIRCULAR = ("background_hue",)  # factors in [0, 1) that wrap around

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from localedit.paths import DATA_DIR
+from localedit.samples import read_pixels
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 PRESETS = DATA_DIR / "regions.json"
 
 
@@ -92,15 +92,10 @@ def box(name: str, top, left, bottom, right, size: int, relative: bool = False) 
 
 def from_mask_image(name: str, path: str | Path, size: int) -> Region:
     """Region from a binary mask PNG (white = inside), which must already be size x size."""
-    path = Path(path)
     try:
-        with Image.open(path) as img:
-            gray = np.asarray(img.convert("L"))
-    except (OSError, ValueError) as err:
-        raise ValueError(f"region {name!r}: cannot read mask image {path}: {err}") from err
-    h, w = gray.shape
-    if (h, w) != (size, size):
-        raise ValueError(f"region {name!r}: mask {path} is {w}x{h} pixels but the images are {size}x{size}")
+        gray = read_pixels(path, "L", size, what="mask image")
+    except ValueError as err:
+        raise ValueError(f"region {name!r}: {err}") from err
     if not np.isin(gray, (0, 255)).all():
         raise ValueError(f"region {name!r}: mask {path} is not binary; use only black (0) and white (255)")
     return Region(name, torch.from_numpy(gray == 255).float())

@@ -28,8 +28,8 @@ from localedit.summary import METRICS_FILE, SUMMARY_FILE  # noqa: E402
 
 REPORT_FILE = "report.html"
 LABELS = {
-    "jive_individual": "JIVE individual (ours)", "jive_joint": "JIVE joint (ours)",
-    "jive_complement": "JIVE + complement block (extension)", "global": "global h (unmasked J)",
+    "jive_individual": "JIVE individual (paper)", "jive_joint": "JIVE joint (ours)",
+    "jive_complement": "JIVE + complements (ours, default)", "global": "global h (unmasked J)",
     "masked": "masked h, no JIVE", "loco_xspace": "LOCO-style x-space", "random": "random h",
 }
 # (column, header, decimals) of the method table; each median is shown with its interval.

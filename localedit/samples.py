@@ -18,9 +18,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from localedit.paths import DATA_DIR
 from localedit.synthetic import CLOSED_EYE, render, sample_factors
 
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "data" / "samples"
+SAMPLES_DIR = DATA_DIR / "samples"
 SPLITS = ("mine", "heldout")
 EXPRESSION_BINS = 6
 POOL_PER_IMAGE = 20  # candidates drawn per requested image; every stratum then has plenty
@@ -70,18 +71,24 @@ def write_samples(
     return rows
 
 
-def load_image(path: str | Path, size: int) -> torch.Tensor:
-    """An RGB image as a (3, size, size) float tensor in [0, 1]; no silent resizing."""
+def read_pixels(path: str | Path, mode: str, size: int, what: str = "image") -> np.ndarray:
+    """A size x size image file as a uint8 array in PIL ``mode``; unreadable or wrong-size files are errors,
+    never silently resized."""
     path = Path(path)
     try:
         with Image.open(path) as img:
-            pixels = np.asarray(img.convert("RGB"))
+            pixels = np.asarray(img.convert(mode))
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
+        raise ValueError(f"cannot read {what} {path}: {err}") from err
     h, w = pixels.shape[:2]
     if (h, w) != (size, size):
-        raise ValueError(f"image {path} is {w}x{h} pixels; expected {size}x{size}")
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255
+        raise ValueError(f"{what} {path} is {w}x{h} pixels; expected {size}x{size}")
+    return pixels
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """An RGB image as a (3, size, size) float tensor in [0, 1]."""
+    return torch.from_numpy(read_pixels(path, "RGB", size).copy()).permute(2, 0, 1).float() / 255
 
 
 def load_samples(split: str | None = None, root: str | Path = SAMPLES_DIR) -> tuple[torch.Tensor, pd.DataFrame]:

@@ -27,7 +27,7 @@ import torch
 import zarr
 
 from localedit.jacobian import Subspace
-from localedit.jive import JIVE
+from localedit.mining import Split, complements_of
 from localedit.regions import Region
 
 STORE_NAME = "store.zarr"
@@ -40,7 +40,9 @@ class RunConfig:
     """What a run computes. Stored as the group's attributes; a store resumes only with an equal config.
 
     ``image_sources`` holds a file path per image, or None for an image sampled from the model
-    (its x_T is drawn from ``seed`` when the store is created).
+    (its x_T is drawn from ``seed`` when the store is created). With ``complements``, each
+    region's complement gets a subspace too (``blocks``), used by JIVE to keep individual
+    directions local (see ``localedit.mining``).
     """
 
     model_source: str
@@ -56,17 +58,23 @@ class RunConfig:
     num_steps: int
     seed: int = 0
     jive: dict = field(default_factory=dict)
+    complements: bool = False
 
     @property
     def h_dim(self) -> int:
         return math.prod(self.h_shape)
+
+    @property
+    def blocks(self) -> tuple[str, ...]:
+        """What gets a subspace: the regions, then (with ``complements``) their complements."""
+        return self.regions + tuple(f"not_{r}" for r in self.regions if self.complements)
 
     def to_attrs(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_attrs(cls, attrs: dict) -> "RunConfig":
-        values = {f.name: attrs[f.name] for f in fields(cls)}
+        values = {f.name: attrs[f.name] for f in fields(cls) if f.name in attrs}  # older runs lack newer fields
         for name in ("h_shape", "regions", "images", "image_sources"):
             values[name] = tuple(values[name])
         return cls(**values)
@@ -78,19 +86,9 @@ class RunConfig:
                 if name != "model_source" and mine[name] != theirs[name]]
 
 
-@dataclass
-class Split:
-    """One image's JIVE result as stored: joint basis (d, r_C), individual bases per region (d, r_a)."""
-
-    joint: torch.Tensor
-    joint_singular_values: torch.Tensor
-    individual: list[torch.Tensor]
-    individual_singular_values: list[torch.Tensor]
-
-
 def _layout(config: RunConfig) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...], str, float]]:
     """name -> (shape, chunks, dimension names, dtype, fill value) of every array of a run."""
-    n, r, k, d = len(config.images), len(config.regions), config.k, config.h_dim
+    n, r, b, k, d = len(config.images), len(config.regions), len(config.blocks), config.k, config.h_dim
     c, s = config.channels, config.resolution
     image = ((n, c, s, s), (1, c, s, s), ("image", "channel", "y", "x"), "float32", 0.0)
     return {
@@ -98,9 +96,9 @@ def _layout(config: RunConfig) -> dict[str, tuple[tuple[int, ...], tuple[int, ..
         "images": image,
         "x_T": image,
         "x_t": image,
-        "subspace_basis": ((n, r, d, k), (1, 1, d, k), ("image", "region", "h", "component"), "float32", 0.0),
-        "subspace_singular_values": ((n, r, k), (1, 1, k), ("image", "region", "component"), "float32", 0.0),
-        "subspace_stats": ((n, r, len(SUBSPACE_STATS)), (1, 1, len(SUBSPACE_STATS)), ("image", "region", "stat"),
+        "subspace_basis": ((n, b, d, k), (1, 1, d, k), ("image", "block", "h", "component"), "float32", 0.0),
+        "subspace_singular_values": ((n, b, k), (1, 1, k), ("image", "block", "component"), "float32", 0.0),
+        "subspace_stats": ((n, b, len(SUBSPACE_STATS)), (1, 1, len(SUBSPACE_STATS)), ("image", "block", "stat"),
                            "float32", 0.0),
         "joint_basis": ((n, d, k), (1, d, k), ("image", "h", "component"), "float32", 0.0),
         "joint_singular_values": ((n, k), (1, k), ("image", "component"), "float32", 0.0),
@@ -110,7 +108,7 @@ def _layout(config: RunConfig) -> dict[str, tuple[tuple[int, ...], tuple[int, ..
         "individual_rank": ((n, r), (1, 1), ("image", "region"), "int32", -1),
         # Completion marks: the task's wall time in seconds, NaN until its chunks are written.
         "done_latent": ((n,), (1,), ("image",), "float64", math.nan),
-        "done_subspace": ((n, r), (1, 1), ("image", "region"), "float64", math.nan),
+        "done_subspace": ((n, b), (1, 1), ("image", "block"), "float64", math.nan),
         "done_split": ((n,), (1,), ("image",), "float64", math.nan),
     }
 
@@ -162,6 +160,8 @@ class RunStore:
                                    dimension_names=dims)
             group["subspace_stats"].attrs["stat"] = list(SUBSPACE_STATS)
             group["masks"].attrs["regions"] = list(config.regions)
+            for name in ("subspace_basis", "subspace_singular_values", "subspace_stats", "done_subspace"):
+                group[name].attrs["blocks"] = list(config.blocks)
             group["masks"][:] = masks.to(torch.float32).numpy()
             if images is not None:
                 group["images"][:] = images.to(torch.float32).numpy()
@@ -201,6 +201,16 @@ class RunStore:
             raise KeyError(f"region {region!r} is not in this run; it has {list(self.config.regions)}")
         return self.config.regions.index(region)
 
+    def block_index(self, block: str) -> int:
+        if block not in self.config.blocks:
+            raise KeyError(f"{block!r} gets no subspace in this run; its blocks are {list(self.config.blocks)}")
+        return self.config.blocks.index(block)
+
+    def block_region(self, block: str) -> Region:
+        """The mask of a subspace block: a region, or a region's complement."""
+        regions = self.regions
+        return (regions + complements_of(regions, self.config.resolution))[self.block_index(block)]
+
     def _tensor(self, name: str, *index) -> torch.Tensor:
         return torch.from_numpy(np.asarray(self.group[name][index]))
 
@@ -226,7 +236,7 @@ class RunStore:
         return self._done("done_latent", i)
 
     def subspace_done(self, i: int, region: str) -> bool:
-        return self._done("done_subspace", i, self.region_index(region))
+        return self._done("done_subspace", i, self.block_index(region))
 
     def split_done(self, i: int) -> bool:
         return self._done("done_split", i)
@@ -250,7 +260,7 @@ class RunStore:
         self._mark("done_latent", seconds, i)
 
     def write_subspace(self, i: int, region: str, subspace: Subspace, seconds: float) -> None:
-        a = self.region_index(region)
+        a = self.block_index(region)
         self.group["subspace_basis"][i, a] = _padded(subspace.basis, self.config.k)
         self.group["subspace_singular_values"][i, a] = _padded(subspace.singular_values, self.config.k)
         self.group["subspace_stats"][i, a] = np.array(
@@ -258,16 +268,16 @@ class RunStore:
         self._mark("done_subspace", seconds, i, a)
 
     def subspace(self, i: int, region: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(basis (d, k), singular values (k,)) of one image's region."""
-        a = self.region_index(region)
+        """(basis (d, k), singular values (k,)) of one image's region (or block)."""
+        a = self.block_index(region)
         return self._tensor("subspace_basis", i, a), self._tensor("subspace_singular_values", i, a)
 
-    def write_split(self, i: int, jive: JIVE, seconds: float) -> None:
+    def write_split(self, i: int, split: Split, seconds: float) -> None:
         k = self.config.k
-        self.group["joint_basis"][i] = _padded(jive.joint_basis_, k)
-        self.group["joint_singular_values"][i] = _padded(jive.joint_singular_values_, k)
-        self.group["joint_rank"][i] = jive.joint_basis_.shape[1]
-        for a, (basis, sv) in enumerate(zip(jive.individual_bases_, jive.individual_singular_values_)):
+        self.group["joint_basis"][i] = _padded(split.joint, k)
+        self.group["joint_singular_values"][i] = _padded(split.joint_singular_values, k)
+        self.group["joint_rank"][i] = split.joint.shape[1]
+        for a, (basis, sv) in enumerate(zip(split.individual, split.individual_singular_values)):
             self.group["individual_basis"][i, a] = _padded(basis, k)
             self.group["individual_singular_values"][i, a] = _padded(sv, k)
             self.group["individual_rank"][i, a] = basis.shape[1]
@@ -283,6 +293,7 @@ class RunStore:
             self._tensor("joint_singular_values", i)[:rank],
             [individual[a, :, :r] for a, r in enumerate(ranks)],
             [individual_sv[a, :r] for a, r in enumerate(ranks)],
+            {"joint": rank, "individual": [int(r) for r in ranks]},
         )
 
     # -- catalogue vectors (written once, by the single catalogue task) -------------------------

@@ -15,7 +15,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from localedit import catalogue
-from localedit.baselines import METHODS, OURS, Direction, method_directions
+from localedit.baselines import METHODS, Direction, method_directions
 from localedit.evaluation import (Match, Scorer, load_probe_or_note, match_direction, prepare_images, score_direction,
                                   score_edits, sweep_direction)
 from localedit.metrics import load_lpips
@@ -63,9 +63,15 @@ def prepare_evaluation(run_dir: str, heldout: int, sources: int, target: float, 
                 "run_id": attrs["run_id"], "regions": ",".join(attrs["regions"]),
                 "chance_locality": {name: round(r.fraction, 3) for name, r in regions.items()}, "source_images": n_source,
                 "heldout_images": heldout, "target_change": target, "t": attrs["t"], "k": attrs["k"],
-                "num_steps": attrs["num_steps"], "jive": attrs["jive"], "lpips_note": perceptual.note, "probe_note": probe_note}
+                "num_steps": attrs["num_steps"], "jive": attrs["jive"],
+                "complements": attrs["complements"], "lpips_note": perceptual.note, "probe_note": probe_note}
     return {"source": source, "heldout": held, "scorer": Scorer(regions, perceptual, probe, target=target),
             "settings": settings}
+
+
+def catalogue_methods(complements: bool) -> tuple[str, str]:
+    """The comparison's names for a run's individual and joint directions (JIVE with or without complements)."""
+    return ("jive_complement" if complements else "jive_individual"), "jive_joint"
 
 
 @task(name="catalogue-directions", **TASK_OPTIONS)
@@ -73,7 +79,8 @@ def catalogue_directions(run_dir: str, max_rank: int) -> list[Direction]:
     """The catalogue's directions of rank < max_rank; joint ones are scored on every region, like other global edits."""
     cat = catalogue.open(run_dir)
     rows = cat.frame[cat.frame["rank"] < max_rank]
-    return [Direction(f"catalogue:{row.id}", "jive_individual" if row.kind == "individual" else "jive_joint",
+    individual, joint = catalogue_methods(cat.attrs["complements"])
+    return [Direction(f"catalogue:{row.id}", individual if row.kind == "individual" else joint,
                       row.region if row.kind == "individual" else None, "h", cat.vector(row.id), int(row.t), None,
                       {"consistency": float(row.consistency), "support": int(row.support)})
             for row in rows.itertuples()]
@@ -81,13 +88,14 @@ def catalogue_directions(run_dir: str, max_rank: int) -> list[Direction]:
 
 @task(name="baseline-directions", task_run_name="baselines-{index}", **GPU_TASK_OPTIONS)
 def baseline_directions(plan: dict, index: int) -> list[Direction]:
-    """The baselines' directions on source image ``index`` (ours come from the catalogue instead)."""
+    """The other methods' directions on source image ``index`` (the run's own come from its catalogue)."""
     model = _model(plan)
     source, settings = plan["source"], plan["settings"]
     found, _ = method_directions(model, None, list(plan["scorer"].regions.values()), source.keys[index],
                                  settings["t"], settings["k"], source.num_steps, seed=index,
                                  x_T=source.x_T[index : index + 1].to(model.device), jive=settings["jive"])
-    return [d for d in found if d.method not in OURS]
+    provided = catalogue_methods(settings["complements"])
+    return [d for d in found if d.method not in provided]
 
 
 def source_index(plan: dict, direction: Direction) -> list[int]:
@@ -120,7 +128,7 @@ def sweep_task(plan: dict, direction: Direction, matched: dict, index: list[int]
 @task(name="publish-evaluation", **TASK_OPTIONS)
 def publish(run_dir: str, frames: list[pd.DataFrame], settings: dict) -> dict:
     """metrics.parquet, evaluation.json and report.html in the run, and a Prefect summary artifact."""
-    expected = METHODS if settings["baselines"] else OURS
+    expected = METHODS if settings["baselines"] else catalogue_methods(settings["complements"])
     result = save_results(run_dir, pd.concat(frames, ignore_index=True), settings, expected)
     report = write_report(run_dir)
     table = text_table(result["methods"])

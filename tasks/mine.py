@@ -12,8 +12,7 @@ import time
 from prefect import task
 
 from localedit.ddim import denoise
-from localedit.jive import JIVE
-from localedit.mining import Latent, latent_at, region_subspaces
+from localedit.mining import Latent, latent_at, region_subspaces, split_subspaces
 from localedit.store import RunStore
 from tasks.runtime import GPU_TASK_OPTIONS, TASK_OPTIONS, cached_model, jacobian_slot, use_thread_share
 
@@ -49,7 +48,7 @@ def invert_image(run_dir: str, index: int) -> dict:
 
 @task(name="region-subspace", task_run_name="subspace-{index}-{region}", **GPU_TASK_OPTIONS)
 def region_subspace(run_dir: str, index: int, region: str) -> dict:
-    """Top-k subspace of the region-masked Jacobian d(mask * eps)/dh at the image's x_t."""
+    """Top-k subspace of the region-masked Jacobian d(mask * eps)/dh at the image's x_t (region: any block)."""
     store = RunStore(run_dir)
     if store.subspace_done(index, region):
         return SKIPPED
@@ -59,21 +58,22 @@ def region_subspace(run_dir: str, index: int, region: str) -> dict:
     latent = Latent(store.x_T(index)[None], store.x_t(index)[None].to(model.device), config.t)
     with jacobian_slot():
         start = time.perf_counter()
-        [subspace] = region_subspaces(model, latent, [store.regions[store.region_index(region)]], config.k)
+        [subspace] = region_subspaces(model, latent, [store.block_region(region)], config.k)
     store.write_subspace(index, region, subspace, time.perf_counter() - start)
     return _computed(start)
 
 
 @task(name="split-image", task_run_name="split-{index}", **TASK_OPTIONS)
 def split_image(run_dir: str, index: int) -> dict:
-    """JIVE of one image's region subspaces into joint and individual bases."""
+    """JIVE of one image's region (and complement) subspaces into joint and individual bases."""
     store = RunStore(run_dir)
     if store.split_done(index):
         return SKIPPED
     start = time.perf_counter()
     use_thread_share()
     config = store.config
-    bases, singular_values = zip(*(store.subspace(index, region) for region in config.regions))
-    jive = JIVE(**config.jive).fit(list(bases), list(singular_values))
-    store.write_split(index, jive, time.perf_counter() - start)
+    blocks = [store.subspace(index, block) for block in config.blocks]
+    R = len(config.regions)
+    split = split_subspaces(blocks[:R], blocks[R:] if config.complements else None, config.jive)
+    store.write_split(index, split, time.perf_counter() - start)
     return _computed(start)

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from prefect import task
 
+from localedit.mining import complements_of
 from localedit.ddim import grid_timestep
 from localedit.hspace import h_shape
 from localedit.jive import JIVE
@@ -40,8 +41,8 @@ def _check_jive(jive: dict, k: int, n_regions: int) -> None:
 
 @task(name="prepare-run", **TASK_OPTIONS)
 def prepare_run(out: str, model: str, images: str | None, samples: int | None, seed: int, regions: str,
-                t: int, k: int, num_steps: int, jive: dict) -> dict:
-    """Validate everything, then open the run store; returns its directory, image count and region names."""
+                t: int, k: int, num_steps: int, jive: dict, complements: bool = True) -> dict:
+    """Validate everything, then open the run store; returns its directory, image count, region and block names."""
     if (images is None) == (samples is None):
         raise ValueError("give exactly one of images (a folder, or 'bundled') or samples (a count)")
     loaded = cached_model(model)
@@ -56,6 +57,8 @@ def prepare_run(out: str, model: str, images: str | None, samples: int | None, s
         raise ValueError(f"need 0 <= t < {loaded.scheduler.config.num_train_timesteps} and num_steps >= 1; "
                          f"got t={t}, num_steps={num_steps}")
     _check_jive(jive, k, len(region_list))
+    if complements:
+        complements_of(region_list, size)  # a region covering the whole image has no complement
     pixels = x_T = None
     if images is not None:
         files = image_files(images)
@@ -70,9 +73,9 @@ def prepare_run(out: str, model: str, images: str | None, samples: int | None, s
         model_source=model, model_fingerprint=loaded.fingerprint, resolution=size, channels=channels,
         h_shape=tuple(shape), regions=tuple(r.name for r in region_list), images=tuple(ids),
         image_sources=tuple(sources), t=grid_timestep(loaded, t, num_steps), k=k, num_steps=num_steps,
-        seed=seed, jive=jive,
+        seed=seed, jive=jive, complements=complements,
     )
     masks = torch.stack([r.mask for r in region_list])
     store = RunStore.open_or_create(out, config, masks, pixels, x_T)
     return {"run_dir": str(store.run_dir), "images": len(ids), "regions": list(config.regions),
-            "run_id": store.run_id}
+            "blocks": list(config.blocks), "run_id": store.run_id}

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from localedit.ddim import reconstruct
-from localedit.jive import JIVE
 from localedit.mining import mine_image
 from localedit.model_card import edit_locality
 from localedit.models import BUNDLED_MODEL_DIR, load_model
@@ -39,7 +38,12 @@ def test_eyes_individual_direction_edits_the_eyes(bundled):
 def test_individual_directions_are_orthogonal_to_joint(bundled):
     images, _ = load_samples("mine")
     regions = resolve_regions("eyes,mouth", bundled.resolution)
-    found = mine_image(bundled, images[0], regions, jive=JIVE(joint_rank=1, individual_ranks=4))
-    assert all(s.basis.shape[1] == 8 for s in found.subspaces)
-    assert found.joint.shape[1] == 1
-    assert (found.joint.T @ found.individual("eyes")).abs().max() < 1e-4
+    for complements in (False, True):  # the paper's JIVE and ours (regions' complements as extra blocks)
+        found = mine_image(bundled, images[0], regions, jive={"joint_rank": 1, "individual_ranks": 4},
+                           complements=complements)
+        assert all(s.basis.shape[1] == 8 for s in found.subspaces)
+        assert found.joint.shape[1] == 1 and found.individual("eyes").shape[1] <= 4
+        for region in ("eyes", "mouth"):
+            basis = found.individual(region)
+            assert (found.joint.T @ basis).abs().max() < 1e-4
+            torch.testing.assert_close(basis.T @ basis, torch.eye(basis.shape[1]), atol=1e-4, rtol=0)

@@ -6,6 +6,7 @@ import torch
 
 from localedit import catalogue
 from localedit.jive import JIVE
+from localedit.mining import Split
 from localedit.models import DiffusionModel
 from localedit.store import RunStore
 from tests.test_store import box_masks, orthonormal, small_config
@@ -24,7 +25,7 @@ def fill_run(run_dir, n: int = N) -> RunStore:
         bases = [torch.linalg.qr(torch.cat([shared[:, [2, a]], torch.randn(d, 1, generator=g)], 1)).Q
                  for a in range(2)]
         jive = JIVE().fit(bases, [torch.tensor([3.0, 2.0, 0.5])] * 2)
-        store.write_split(i, jive, seconds=0.1)
+        store.write_split(i, Split.from_jive(jive), seconds=0.1)
     return store
 
 

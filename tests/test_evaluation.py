@@ -172,8 +172,12 @@ def test_evaluation_flow_on_a_mined_run(prefect_api, tmp_path):
 
     result = evaluate_directions(str(run), heldout=2, sources=1, baselines=True, strip_images=1, samples=str(samples))
     rows = pd.read_parquet(run / METRICS_FILE)
-    assert {"global", "masked", "loco_xspace", "random", "jive_complement"} <= set(rows["method"])
-    assert rows["direction"].str.startswith("catalogue:").any()
+    # The run mined with complements (the default): its catalogue supplies jive_complement (and any
+    # joint) directions, and the paper's per-image JIVE joins the baselines.
+    assert {"global", "masked", "loco_xspace", "random", "jive_individual"} <= set(rows["method"])
+    from_catalogue = rows["direction"].str.startswith("catalogue:")
+    assert from_catalogue.any() and set(rows.loc[from_catalogue, "method"]) <= {"jive_complement", "jive_joint"}
+    assert "jive_complement" in set(rows.loc[from_catalogue, "method"])
     transfer = rows[(rows["split"] == "transfer") & (rows["kind"] == "matched")]
     assert set(transfer["image"]) == {"heldout_000.png", "heldout_001.png"}
     assert (run / "report.html").is_file() and result["report"] == str(run / "report.html")

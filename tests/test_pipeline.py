@@ -120,17 +120,20 @@ def _assert_same_catalogue(a, b):
 
 def test_end_to_end_layout_attributes_and_catalogue(mined, models):
     run_dir, summary = mined
-    assert summary["tasks"] == {"latent": {"computed": 6, "skipped": 0}, "subspace": {"computed": 12, "skipped": 0},
+    # Two regions and, by default, their two complements: 4 subspaces per image.
+    assert summary["tasks"] == {"latent": {"computed": 6, "skipped": 0}, "subspace": {"computed": 24, "skipped": 0},
                                 "split": {"computed": 6, "skipped": 0}}
     store = RunStore(run_dir)
-    assert store.progress() == {"latent": (6, 6), "subspace": (12, 12), "split": (6, 6)}
+    assert store.progress() == {"latent": (6, 6), "subspace": (24, 24), "split": (6, 6)}
     attrs = dict(store.group.attrs)
     assert attrs["model_fingerprint"] == load_model(models["tiny"]).fingerprint
     assert attrs["t"] == 500 and attrs["k"] == 3 and attrs["num_steps"] == 10 and attrs["regions"] == ["eyes", "mouth"]
-    assert attrs["images"] == [f"sample-{i:04d}" for i in range(6)]
+    assert attrs["images"] == [f"sample-{i:04d}" for i in range(6)] and attrs["complements"] is True
+    assert store.group["subspace_basis"].attrs["blocks"] == ["eyes", "mouth", "not_eyes", "not_mouth"]
     ds = xr.open_zarr(store.path, consolidated=False)
-    assert ds["subspace_basis"].dims == ("image", "region", "h", "component")
-    assert ds.sizes == {"image": 6, "region": 2, "channel": 3, "y": 16, "x": 16, "h": 1024, "component": 3,
+    assert ds["subspace_basis"].dims == ("image", "block", "h", "component")
+    assert ds["individual_basis"].dims == ("image", "region", "h", "component")
+    assert ds.sizes == {"image": 6, "region": 2, "block": 4, "channel": 3, "y": 16, "x": 16, "h": 1024, "component": 3,
                         "stat": 3, "direction": len(catalogue.open(run_dir))}
     images = ds["images"].values
     assert images.min() >= 0 and images.max() <= 1 and images.std() > 0  # the sampled images were decoded
@@ -149,7 +152,7 @@ def test_rerun_recomputes_nothing(mined, models, server):
     before = catalogue.open(run_dir).frame
     summary = mine_directions(out=str(run_dir), model=models["tiny"], progress=False, **SETTINGS)
     assert {stage: c["computed"] for stage, c in summary["tasks"].items()} == {"latent": 0, "subspace": 0, "split": 0}
-    assert summary["tasks"]["subspace"]["skipped"] == 12
+    assert summary["tasks"]["subspace"]["skipped"] == 24
     assert [p.stat().st_mtime_ns for p in chunks] == stamps
     pd.testing.assert_frame_equal(catalogue.open(run_dir).frame.drop(columns="created_at"),
                                   before.drop(columns="created_at"))
@@ -171,16 +174,16 @@ def test_kill_9_mid_run_resumes_to_identical_bases(mined, models, server, tmp_pa
         proc.wait()
     store = RunStore(run_dir)
     progress = store.progress()
-    assert 2 <= progress["subspace"][0] < 12, f"the run was not caught mid-way: {progress}"
+    assert 2 <= progress["subspace"][0] < 24, f"the run was not caught mid-way: {progress}"
     assert not (run_dir / catalogue.CATALOGUE_NAME).exists()
     for i in range(6):  # every chunk a mark vouches for is whole
-        for region in ("eyes", "mouth"):
+        for region in ("eyes", "mouth", "not_eyes", "not_mouth"):
             if store.subspace_done(i, region):
                 basis, _ = store.subspace(i, region)
                 torch.testing.assert_close(basis.T @ basis, torch.eye(3), atol=1e-4, rtol=0)
     summary = run_mining(out=str(run_dir), model=models["tiny"], progress=False, **SETTINGS)
     assert summary["tasks"]["subspace"]["skipped"] == progress["subspace"][0]
-    assert summary["tasks"]["subspace"]["computed"] == 12 - progress["subspace"][0]
+    assert summary["tasks"]["subspace"]["computed"] == 24 - progress["subspace"][0]
     assert not list((run_dir / STORE_NAME).rglob("*.partial"))
     resumed, reference = _bases(run_dir), _bases(mined[0])
     for name in reference:
@@ -195,12 +198,12 @@ def test_dask_on_a_local_cluster_matches_in_process(mined, models, server, tmp_p
     # gpu=True: model-heavy tasks ask for a "GPU" worker resource, which this cluster's workers offer.
     summary = run_mining(runner="dask", workers=2, gpu=True, out=str(tmp_path / "dask"), model=models["tiny"],
                          progress=False, **SETTINGS)
-    assert summary["tasks"]["subspace"]["computed"] == 12
+    assert summary["tasks"]["subspace"]["computed"] == 24
     _assert_same_catalogue(tmp_path / "dask", mined[0])
     with get_client(sync_client=True) as client:  # the workers reported their task runs to the server
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(summary["flow_run_id"])])))
     names = [r.name for r in runs if r.state.is_completed()]
-    assert sum(n.startswith("subspace-") for n in names) == 12 and sum(n.startswith("invert-") for n in names) == 6
+    assert sum(n.startswith("subspace-") for n in names) == 24 and sum(n.startswith("invert-") for n in names) == 6
 
 
 def _prefect(*args: str) -> str:

@@ -75,7 +75,7 @@ def test_from_mask_image(tmp_path):
     assert torch.equal(r.mask, torch.from_numpy(mask == 255).float())
 
     _save_mask(tmp_path / "big.png", np.zeros((16, 16)))
-    with pytest.raises(ValueError, match="16x16 pixels but the images are 8x8"):
+    with pytest.raises(ValueError, match="16x16 pixels; expected 8x8"):
         from_mask_image("big", tmp_path / "big.png", size=8)
 
     _save_mask(tmp_path / "grey.png", np.full((8, 8), 128))

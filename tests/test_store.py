@@ -9,6 +9,7 @@ import xarray as xr
 
 from localedit.jacobian import Subspace
 from localedit.jive import JIVE
+from localedit.mining import Split
 from localedit.store import STORE_NAME, RunConfig, RunStore
 
 
@@ -56,11 +57,25 @@ def test_layout_is_preallocated_chunked_per_task_and_named_for_xarray(store):
     for name, array in group.arrays():
         assert array.metadata.dimension_names is not None and None not in array.metadata.dimension_names, name
     ds = xr.open_zarr(store.path, consolidated=False)
-    assert ds.sizes["image"] == n and ds.sizes["region"] == r and ds.sizes["h"] == d
-    assert ds["subspace_basis"].dims == ("image", "region", "h", "component")
+    assert ds.sizes["image"] == n and ds.sizes["region"] == r and ds.sizes["block"] == r and ds.sizes["h"] == d
+    assert ds["subspace_basis"].dims == ("image", "block", "h", "component")
     assert ds.attrs["model_fingerprint"] == config.model_fingerprint
     assert ds.attrs["regions"] == ["eyes", "mouth"] and ds.attrs["k"] == 2 and ds.attrs["t"] == 501
     assert RunStore(store.run_dir).config == config
+
+
+def test_complement_blocks_get_their_own_subspace_chunks(tmp_path):
+    config = small_config(complements=True)
+    masks = box_masks(config)
+    store = RunStore.create(tmp_path / "run", config, masks)
+    assert config.blocks == ("eyes", "mouth", "not_eyes", "not_mouth")
+    assert store.group["subspace_basis"].shape[1] == 4 and store.progress()["subspace"] == (0, 12)
+    torch.testing.assert_close(store.block_region("not_mouth").mask, 1 - masks[1])
+    store.write_subspace(2, "not_eyes", subspace(config.h_dim, 2, seed=3), seconds=0.1)
+    assert store.subspace_done(2, "not_eyes") and not store.subspace_done(2, "eyes")
+    with pytest.raises(KeyError, match="not_hair"):
+        store.subspace(0, "not_hair")
+    assert RunStore(store.run_dir).config.complements is True
 
 
 def test_a_mark_is_written_only_with_its_chunk(store):
@@ -83,7 +98,7 @@ def test_split_round_trip_pads_and_trims_ranks(store):
     d = store.config.h_dim
     bases = [orthonormal(d, 2, seed) for seed in (1, 2)]
     jive = JIVE().fit(bases, [torch.tensor([3.0, 1.0]), torch.tensor([2.0, 1.0])])
-    store.write_split(0, jive, seconds=0.5)
+    store.write_split(0, Split.from_jive(jive), seconds=0.5)
     split = RunStore(store.run_dir).split(0)
     assert split.joint.shape == (d, jive.ranks_["joint"])
     for a in range(2):
