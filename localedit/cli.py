@@ -78,7 +78,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result = run_comparison(model, args.out, args.regions, args.sources, args.heldout, target,
                                 num_steps=args.num_steps, perceptual=perceptual, probe=probe,
                                 notes={"lpips_note": perceptual.note, "probe_note": probe_note},
-                                jive=None if args.joint_rank is None else {"joint_rank": args.joint_rank}, progress=True)
+                                jive=None if args.joint_rank < 0 else {"joint_rank": args.joint_rank}, progress=True)
         report = write_report(args.out)
     else:
         raise ValueError("give a run directory, or --compare for the method comparison on the bundled samples")
@@ -229,8 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--heldout", type=int, default=16, help="held-out images to transfer to")
     evaluate.add_argument("--target", type=float, default=None, help="RMS pixel change every direction is matched to")
     evaluate.add_argument("--num-steps", type=int, default=50)
-    evaluate.add_argument("--joint-rank", type=int, default=None,
-                          help="without a run: JIVE joint rank (default: chosen from the subspace angles)")
+    evaluate.add_argument("--joint-rank", type=int, default=1,
+                          help="without a run: JIVE joint rank (default 1, as `localedit run` mines: on the bundled "
+                               "model the angles alone find no joint direction); -1: chosen from the angles")
     evaluate.add_argument("--out", default="out/evaluate-compare", help="without a run: where results and report go")
     evaluate.set_defaults(func=cmd_evaluate)
 
