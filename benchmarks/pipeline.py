@@ -16,56 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from uuid import UUID
 
-BIN = Path(sys.executable).parent
+from flows.local_server import loopback_server
+
 REGIONS = "eyes,mouth"
-
-
-@contextmanager
-def prefect_server(home: Path) -> Iterator[str]:
-    """A throwaway ``prefect server`` on 127.0.0.1; this process and its children report to it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/api"
-    env = {"PREFECT_HOME": str(home), "PREFECT_API_URL": url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "false"}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)  # before Prefect is imported, and inherited by Dask's worker processes
-    proc = subprocess.Popen([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("prefect server did not start") from None
-                time.sleep(0.5)
-        yield url
-    finally:
-        if "prefect.logging.handlers" in sys.modules:  # send queued run logs while the server is up
-            sys.modules["prefect.logging.handlers"].APILogWorker.drain_all(timeout=5)
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key)
-            else:
-                os.environ[key] = value
 
 
 def _union_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -170,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="localedit-pipeline-") as tmp:
         workdir = Path(tmp)
-        with prefect_server(workdir / "prefect-home"):
+        with loopback_server(workdir / "prefect-home"):
             model, described = (args.model, args.model) if args.model else bundled_or_random(workdir)
             rows = []
             for n in (int(x) for x in args.images.split(",")):

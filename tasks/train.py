@@ -6,11 +6,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from prefect import task
 
 from localedit.model_card import loss_curve, measure, sample_grid, write_card
-from localedit.models import from_unet, load_model
+from localedit.models import load_model
 from localedit.probe import load_probe
 from localedit.training import TrainConfig, load_loss_log, train
 

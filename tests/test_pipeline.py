@@ -9,13 +9,10 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
-from unittest import mock
 from uuid import UUID
 
 import numpy as np
@@ -24,11 +21,10 @@ import pytest
 import torch
 import xarray as xr
 from PIL import Image
-from prefect.events.worker import EventsWorker
-from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
+from flows.local_server import loopback_server
 from flows.mine import mine_directions, run_mining
 from localedit import catalogue
 from localedit.cli import main
@@ -60,12 +56,6 @@ def mined(models, tmp_path_factory):
     return out, summary
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, mined):
     """`prefect server start` on loopback; PREFECT_API_URL points this process and its children at it.
@@ -73,33 +63,9 @@ def server(tmp_path_factory, mined):
     It starts after the reference run (``mined``), so the test harness never nests inside it.
     """
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {"PREFECT_HOME": str(home), "PREFECT_API_URL": url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "false", "OMP_NUM_THREADS": "1"}
-    with mock.patch.dict(os.environ, env):
-        proc = subprocess.Popen([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("prefect server did not start")
-                    time.sleep(0.5)
-            with temporary_settings(updates={PREFECT_API_URL: url}):
-                yield url
-        finally:
-            try:
-                APILogWorker.drain_all()  # send this process's queued logs and events while the server is up
-                EventsWorker.drain_all()
-            finally:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=60)
+    with loopback_server(home, timeout=180, extra_env={"OMP_NUM_THREADS": "1"}) as url:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
 
 
 def _bases(run_dir) -> dict[str, np.ndarray]:
