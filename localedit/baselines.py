@@ -24,7 +24,7 @@ from torch.func import jvp, vjp, vmap
 from localedit.ddim import DEFAULT_STEPS
 from localedit.mining import DEFAULT_K, DEFAULT_T, Latent, complements_of, latent_at, region_subspaces, split_subspaces
 from localedit.models import DiffusionModel
-from localedit.regions import Region, complement
+from localedit.regions import Region
 
 METHODS = ("jive_individual", "jive_joint", "global", "masked", "loco_xspace", "random", "jive_complement")
 REGION_FREE = ("jive_joint", "global", "random")  # directions not tied to one region
@@ -93,7 +93,7 @@ def loco_directions(model: DiffusionModel, latent: Latent, regions: list[Region]
                     **options) -> list[torch.Tensor]:
     """Per region, the top direction of its masked x0-Jacobian with the complement's top-k subspace projected out."""
     size = latent.x_t.shape[-1]
-    masks = torch.stack([m for r in regions for m in (r.mask, complement([r], size).mask)])
+    masks = torch.stack([m for r, c in zip(regions, complements_of(regions, size)) for m in (r.mask, c.mask)])
     with torch.enable_grad():
         bases, _ = x_space_subspaces(model, latent.x_t, latent.t, masks, k, **options)
     out = []

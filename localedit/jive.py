@@ -88,6 +88,20 @@ def _orthogonalise(basis: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
     return q * torch.where(torch.diagonal(r) < 0, -1.0, 1.0).to(q.dtype)
 
 
+def scaled_rows(V: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """A region's scaled row space diag(s) V^T, divided by ||s|| so every region weighs equally."""
+    return (s[:, None] * V.T) / torch.linalg.vector_norm(s)
+
+
+def directions_outside(X_a: torch.Tensor, P_a: torch.Tensor, shared: torch.Tensor, max_angle_deg: float):
+    """Directions of span(P_a) farther than max_angle_deg from span(shared), ordered by the region's
+    energy (rows X_a along them); orthonormal and orthogonal to ``shared``. Returns (basis, energies)."""
+    B, sines, _ = torch.linalg.svd(P_a - shared @ (shared.T @ P_a), full_matrices=False)
+    candidates = B[:, sines > math.sin(math.radians(max_angle_deg))]
+    _, sv, Wh = torch.linalg.svd(X_a @ candidates, full_matrices=False)
+    return _orthogonalise(candidates @ Wh.T, shared), sv
+
+
 def _top_residual(X_a: torch.Tensor, joint: torch.Tensor, rank: int):
     """Top-`rank` right singular vectors of X_a (I - P_J): the block's strongest non-joint directions."""
     resid = X_a - (X_a @ joint) @ joint.T
@@ -203,7 +217,7 @@ class JIVE:
         K, d = len(V), V[0].shape[0]
         joint_rank, individual_ranks = self._check_ranks([v.shape[1] for v in V])
 
-        X = [(s_a[:, None] * v.T) / torch.linalg.vector_norm(s_a) for v, s_a in zip(V, s)]
+        X = [scaled_rows(v, s_a) for v, s_a in zip(V, s)]
         P = [v[:, s_a > _SIGNAL_RTOL * s_a.max()] for v, s_a in zip(V, s)]
         U, sigma, _ = torch.linalg.svd(torch.cat(P, dim=1), full_matrices=False)
         sq = sigma**2
@@ -224,7 +238,7 @@ class JIVE:
             _, joint_sv, Wh = torch.linalg.svd(torch.cat(X) @ U_J, full_matrices=False)
             joint = U_J @ Wh.T
             if individual_ranks is None:
-                fits = [self._individual_auto(x, p, joint) for x, p in zip(X, P)]
+                fits = [directions_outside(x, p, joint, self.max_angle_deg) for x, p in zip(X, P)]
             else:
                 fits = [_top_residual(x, joint, r) for x, r in zip(X, individual_ranks)]
             individual, individual_sv = map(list, zip(*fits))
@@ -236,13 +250,6 @@ class JIVE:
         self.individual_singular_values_ = [sv.to(dtype) for sv in individual_sv]
         self.ranks_ = {"joint": joint_rank, "individual": [b.shape[1] for b in individual]}
         return self
-
-    def _individual_auto(self, X_a: torch.Tensor, P_a: torch.Tensor, joint: torch.Tensor):
-        """Region directions farther than max_angle from the joint span, ordered by region energy."""
-        B, sines, _ = torch.linalg.svd(P_a - joint @ (joint.T @ P_a), full_matrices=False)
-        candidates = B[:, sines > math.sin(math.radians(self.max_angle_deg))]
-        _, sv, Wh = torch.linalg.svd(X_a @ candidates, full_matrices=False)
-        return _orthogonalise(candidates @ Wh.T, joint), sv
 
     def _check_params(self) -> None:
         if not 0 < self.max_angle_deg < 90:

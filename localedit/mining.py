@@ -12,7 +12,6 @@ module is the in-memory path for one image, used by ``localedit run`` and the te
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ import torch
 from localedit.ddim import DEFAULT_STEPS, denoise, grid_timestep, invert
 from localedit.hspace import encode
 from localedit.jacobian import Subspace, subspaces
-from localedit.jive import JIVE
+from localedit.jive import JIVE, directions_outside, scaled_rows
 from localedit.models import DiffusionModel
 from localedit.regions import Region, complement
 
@@ -54,14 +53,6 @@ class Split:
                    list(jive.individual_singular_values_), jive.ranks_)
 
 
-def _energy_order(basis: torch.Tensor, V: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate ``basis`` so its columns carry decreasing energy of the region (V, s), in JIVE's normalised units."""
-    if basis.shape[1] == 0:
-        return basis, s[:0]
-    _, sv, Wh = torch.linalg.svd((s[:, None] * V.T) @ basis / torch.linalg.vector_norm(s), full_matrices=False)
-    return basis @ Wh.T, sv
-
-
 def split_subspaces(regions: Sequence[tuple[torch.Tensor, torch.Tensor]],
                     complements: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
                     jive: dict | None = None) -> Split:
@@ -78,26 +69,28 @@ def split_subspaces(regions: Sequence[tuple[torch.Tensor, torch.Tensor]],
     if len(complements) != len(regions):
         raise ValueError(f"{len(complements)} complement subspaces for {len(regions)} regions")
     ranks = params.get("individual_ranks")
+    joint = fit.joint_basis_
     individual, individual_sv = [], []
     for a, ((V, s), (Vc, sc)) in enumerate(zip(regions, complements)):
         rank = ranks[a] if isinstance(ranks, Sequence) else ranks
         pair = JIVE(**{**params, "joint_rank": None, "individual_ranks": None if rank is None else [rank, 0]})
-        basis = pair.fit([V, Vc], [s, sc]).individual_bases_[0]
-        # Also outside the regions' joint span: what is left of a direction after removing it
-        # must be farther than max_angle_deg from that span, as in JIVE's own individual rule.
-        joint = fit.joint_basis_.to(basis)
-        B, sines, _ = torch.linalg.svd(basis - joint @ (joint.T @ basis), full_matrices=False)
-        basis = B[:, sines > math.sin(math.radians(fit.max_angle_deg))]
-        basis, sv = _energy_order(basis, V.to(basis), s.to(basis))
+        own = pair.fit([V, Vc], [s, sc]).individual_bases_[0].to(joint)
+        # Also outside the regions' joint span, by JIVE's own rule for individual directions.
+        basis, sv = directions_outside(scaled_rows(V.to(joint), s.to(joint)), own, joint, fit.max_angle_deg)
         individual.append(basis)
         individual_sv.append(sv)
     ranks_ = {"joint": fit.ranks_["joint"], "individual": [b.shape[1] for b in individual]}
     return Split(fit.joint_basis_, fit.joint_singular_values_, individual, individual_sv, ranks_)
 
 
+def complement_name(region: str) -> str:
+    """The name of a region's complement block."""
+    return f"not_{region}"
+
+
 def complements_of(regions: Sequence[Region], size: int) -> list[Region]:
-    """Each region's complement (named not_<region>), the extra JIVE blocks of our extension."""
-    return [complement([r], size, name=f"not_{r.name}") for r in regions]
+    """Each region's complement, the extra JIVE blocks of our extension."""
+    return [complement([r], size, name=complement_name(r.name)) for r in regions]
 
 
 @dataclass

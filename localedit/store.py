@@ -27,7 +27,7 @@ import torch
 import zarr
 
 from localedit.jacobian import Subspace
-from localedit.mining import Split, complements_of
+from localedit.mining import Split, complement_name, complements_of
 from localedit.regions import Region
 
 STORE_NAME = "store.zarr"
@@ -67,7 +67,7 @@ class RunConfig:
     @property
     def blocks(self) -> tuple[str, ...]:
         """What gets a subspace: the regions, then (with ``complements``) their complements."""
-        return self.regions + tuple(f"not_{r}" for r in self.regions if self.complements)
+        return self.regions + tuple(complement_name(r) for r in self.regions if self.complements)
 
     def to_attrs(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
