@@ -23,7 +23,7 @@ from torch.func import jvp, vjp, vmap
 
 from localedit.ddim import DEFAULT_STEPS
 from localedit.mining import DEFAULT_K, DEFAULT_T, Latent, complements_of, latent_at, region_subspaces, split_subspaces
-from localedit.models import DiffusionModel
+from localedit.models import DiffusionModel, predicted_x0
 from localedit.regions import Region
 
 METHODS = ("jive_individual", "jive_joint", "global", "masked", "loco_xspace", "random", "jive_complement")
@@ -48,13 +48,6 @@ class Direction:
             raise ValueError(f"direction {self.id!r}: space must be 'h' or 'x', got {self.space!r}")
         v = torch.as_tensor(self.vector, dtype=torch.float32).reshape(-1).cpu()
         self.vector = v / v.norm()
-
-
-def predicted_x0(model: DiffusionModel, x_t: torch.Tensor, t: int) -> torch.Tensor:
-    """The model's estimate of the clean image from x_t (epsilon parameterisation)."""
-    alpha_bar = model.scheduler.alphas_cumprod[t].to(x_t)
-    eps = model.unet(x_t, t).sample
-    return (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
 
 
 def x_space_subspaces(model: DiffusionModel, x_t: torch.Tensor, t: int, masks: torch.Tensor, k: int,

@@ -22,7 +22,8 @@ from torch.func import jvp, vjp, vmap
 from tqdm.auto import tqdm
 
 from localedit.hspace import HState, decode
-from localedit.models import DiffusionModel
+from localedit.models import DiffusionModel, prediction_type
+from localedit.parameterisation import noise_gain
 
 
 @dataclass
@@ -70,6 +71,10 @@ class MaskedJacobian:
             raise ValueError("subspaces are computed one image at a time (state batch must be 1)")
         self.unet = model.unet
         self.state = state
+        # The method is stated for the noise prediction; other parameterisations differ by a scalar.
+        t = int(state.timesteps.reshape(-1)[0])
+        alpha_bar = model.scheduler.alphas_cumprod[t]
+        self.gain = float(noise_gain(prediction_type(model), alpha_bar))
         self.masks = masks.to(state.h).reshape(masks.shape[0], 1, 1, *masks.shape[-2:])
         self.h = state.h
         eps, self._vjp = vjp(self._f, self.h)
@@ -77,7 +82,7 @@ class MaskedJacobian:
         self.dim = self.h.numel()
 
     def _f(self, h: torch.Tensor) -> torch.Tensor:
-        return decode(self.unet, h, self.state)
+        return self.gain * decode(self.unet, h, self.state)
 
     def _jvp_one(self, v: torch.Tensor) -> torch.Tensor:
         return jvp(self._f, (self.h,), (v.view_as(self.h),))[1]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from localedit.ddim import reconstruct, sample
-from localedit.models import DiffusionModel
+from localedit.models import DiffusionModel, predicted_x0
 from localedit.probe import FactorProbe, frechet_distance
 from localedit.synthetic import sample_faces
 
@@ -33,6 +33,8 @@ class Quality:
     inversion_psnr_db: float = float("nan")
     inversion_images: int = 0
     edit_locality: dict[str, float] = field(default_factory=dict)  # share of change in the eyes (mouth) box
+    x0_rmse_by_t: dict[str, float] = field(default_factory=dict)  # clean-image estimate error per timestep
+    data_std: float = float("nan")  # the error of always guessing the mean image, for scale
 
 
 def _wasserstein_1d(a: np.ndarray, b: np.ndarray) -> float:
@@ -67,6 +69,7 @@ def measure(model: DiffusionModel, probe: FactorProbe, n: int = 1000, seed: int 
     paper = edit_locality(model, faces, complements=False)
     q.edit_locality = {**edit_locality(model, faces),
                        **{f"{name}_paper": v for name, v in paper.items() if name != "joint"}}
+    q.x0_rmse_by_t, q.data_std = x0_error_by_timestep(model, seed=seed)
     return q
 
 
@@ -110,7 +113,28 @@ def sample_grid(model: DiffusionModel, path: Path, n: int = 64, seed: int = 0) -
     return path
 
 
-def loss_curve(log: list[dict], path: Path) -> Path:
+X0_TIMESTEPS = (100, 300, 500, 700, 900, 980)
+
+
+@torch.no_grad()
+def x0_error_by_timestep(model: DiffusionModel, n: int = 256, seed: int = 0, batch: int = 128) -> tuple[dict[str, float], float]:
+    """RMS error of the model's clean-image estimate at several t on generator images, and the data's std.
+
+    Why: an estimate worse than the data's own spread (guessing the mean image) at high t is
+    what left an epsilon model's DDIM samples grainy and washed out; this makes it visible.
+    """
+    x0 = sample_faces(n, seed=30_000 + seed, size=model.resolution).images * 2 - 1
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    errors = {}
+    for t in X0_TIMESTEPS:
+        a = model.scheduler.alphas_cumprod[t]
+        x_t = (a.sqrt() * x0 + (1 - a).sqrt() * noise).to(model.device)
+        estimate = torch.cat([predicted_x0(model, chunk, t).cpu() for chunk in x_t.split(batch)])
+        errors[str(t)] = float(((estimate - x0) ** 2).mean().sqrt())
+    return errors, float(x0.std())
+
+
+def loss_curve(log: list[dict], path: Path, target: str = "epsilon") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,7 +147,7 @@ def loss_curve(log: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(steps, loss, alpha=0.25, lw=0.5, label="loss")
     ax.plot(steps[window - 1:], smooth, lw=1.5, label=f"mean of {window}")
-    ax.set(yscale="log", xlabel="step", ylabel="epsilon MSE", title="Training loss")
+    ax.set(yscale="log", xlabel="step", ylabel=f"MSE ({target} target)", title="Training loss")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -138,7 +162,8 @@ def write_card(model_dir: Path, config: dict, final_loss: float, minutes: float,
     lines = [
         "---\nlibrary_name: diffusers\ntags: [ddpm, unconditional-image-generation, localedit]\n---",
         "# localedit bundled model: synthetic faces, 32 px",
-        "A small pixel-space DDPM (`UNet2DModel`, epsilon prediction, 1000 linear-beta steps) trained by "
+        f"A small pixel-space DDPM (`UNet2DModel`, {config.get('prediction_type', 'epsilon')} parameterisation, "
+        "1000 linear-beta steps) trained by "
         "`flows/train.py` on procedurally drawn faces (`localedit/synthetic.py`) whose generative factors are "
         "known, so local edits can be checked against ground truth. Open it with "
         "`localedit.models.load_model()` (offline) or `UNet2DModel.from_pretrained(<this folder>)`.",
@@ -160,7 +185,9 @@ def write_card(model_dir: Path, config: dict, final_loss: float, minutes: float,
                   "the paper's JIVE over the regions only) or the top joint direction is applied at a fixed "
                   "alpha of 0.2 on 4 generator images, the stronger sign; chance is the box's share of the image "
                   "(eyes 0.14, mouth 0.09). A fixed alpha favours weaker directions; `localedit evaluate "
-                  "--compare` compares the methods at matched edit strength on 16 held-out images."]
+                  "--compare` compares the methods at matched edit strength on 16 held-out images. "
+                  "`x0_rmse_by_t`: RMS error of the model's clean-image estimate from x_t at each timestep on 256 "
+                  "generator images (pixels in [-1, 1]); `data_std` is the error of guessing the mean image."]
     if extra:
         lines.append(extra)
     path = model_dir / "README.md"

@@ -15,6 +15,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor
 
+from localedit.parameterisation import check_prediction_type, to_x0
 from localedit.paths import DATA_DIR
 
 BUNDLED_MODEL_DIR = DATA_DIR / "models" / "faces-32"
@@ -36,6 +37,17 @@ class DiffusionModel:
     @property
     def resolution(self) -> int:
         return int(self.unet.config.sample_size)
+
+
+def prediction_type(model: DiffusionModel) -> str:
+    """What the U-Net outputs ("epsilon", "v_prediction" or "sample"), from its scheduler config."""
+    return check_prediction_type(model.scheduler.config.get("prediction_type", "epsilon"))
+
+
+def predicted_x0(model: DiffusionModel, x_t: torch.Tensor, t: int) -> torch.Tensor:
+    """The model's estimate of the clean image from x_t, whatever the U-Net predicts."""
+    alpha_bar = model.scheduler.alphas_cumprod[t].to(x_t)
+    return to_x0(prediction_type(model), model.unet(x_t, t).sample, x_t, alpha_bar)
 
 
 def select_device(prefer: str | None = None) -> torch.device:

@@ -20,6 +20,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
+from localedit.parameterisation import check_prediction_type, training_target
 from localedit.synthetic import GENERATOR_VERSION, sample_faces
 
 CHECKPOINT = "checkpoint.pt"
@@ -44,7 +45,12 @@ class TrainConfig:
     checkpoint_every: int = 250
     time_budget_minutes: float | None = None
     num_train_timesteps: int = 1000
+    prediction_type: str = "v_prediction"
+    init_from: str | None = None
     generator_version: str = field(default=GENERATOR_VERSION)
+
+    def __post_init__(self):
+        check_prediction_type(self.prediction_type)
 
     def unet_config(self) -> dict:
         n = len(self.block_out_channels)
@@ -77,6 +83,17 @@ def learning_rate(config: TrainConfig, progress: float, step: int) -> float:
     return config.final_learning_rate + (config.learning_rate - config.final_learning_rate) * cos
 
 
+def _init_weights(config: TrainConfig) -> dict:
+    """Weights to start from (a fine-tune): a diffusers folder of the same architecture."""
+    source = UNet2DModel.from_pretrained(config.init_from, low_cpu_mem_usage=False)
+    own = UNet2DModel(**config.unet_config()).config
+    differ = [k for k, v in own.items()
+              if not k.startswith("_") and json.dumps(source.config.get(k)) != json.dumps(v)]
+    if differ:
+        raise ValueError(f"init_from {config.init_from} has another architecture (differs in {differ})")
+    return source.state_dict()
+
+
 def _canonical(config: dict) -> str:
     """What must match to resume, as JSON (a saved tuple equals a list passed back through Prefect).
 
@@ -103,11 +120,14 @@ def train(config: TrainConfig, work_dir: str | Path, progress: bool = True) -> T
     work_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     model = UNet2DModel(**config.unet_config())
+    if config.init_from:
+        model.load_state_dict(_init_weights(config))
     ema = UNet2DModel(**config.unet_config())
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule="linear")
+    scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule="linear",
+                              prediction_type=config.prediction_type)
     alphas_cumprod = scheduler.alphas_cumprod
 
     step, elapsed = 0, 0.0
@@ -146,7 +166,7 @@ def train(config: TrainConfig, work_dir: str | Path, progress: bool = True) -> T
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         with autocast:
             pred = model(xt, t).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        loss = torch.nn.functional.mse_loss(pred.float(), training_target(config.prediction_type, x0, noise, a))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

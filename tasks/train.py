@@ -30,7 +30,7 @@ def publish_model(trained: dict, config: dict, work_dir: str, out_dir: str, qual
     model.unet.save_pretrained(out)
     model.scheduler.save_pretrained(out)
     model = load_model(out)
-    loss_curve(load_loss_log(work_dir), out / "loss_curve.png")
+    loss_curve(load_loss_log(work_dir), out / "loss_curve.png", config["prediction_type"])
     sample_grid(model, out / "samples.png")
     quality = measure(model, load_probe(), n=quality_samples) if quality_samples else None
     card = dict(config, steps_done=trained["steps"], device=str(model.device))

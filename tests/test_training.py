@@ -61,3 +61,23 @@ def test_training_flow_publishes_a_loadable_model_with_card(tmp_path, prefect_ap
     model = load_model(out)
     assert model.resolution == 16 and model.unet.config.block_out_channels == [8, 16]
     assert json.loads((out / "training.json").read_text())["config"]["steps_done"] == 4
+
+
+def test_fine_tune_starts_from_the_given_weights_and_checks_the_architecture(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    first = train(TrainConfig(**dict(TINY, steps=2, prediction_type="epsilon")), tmp_path / "eps", progress=False)
+    seen = {}
+    real_ema = training._update_ema
+
+    def record_start(ema, model, decay):
+        seen.setdefault("ema_before_first_update", {k: v.clone() for k, v in ema.state_dict().items()})
+        real_ema(ema, model, decay)
+
+    monkeypatch.setattr(training, "_update_ema", record_start)
+    tuned = train(TrainConfig(**dict(TINY, steps=2, init_from=str(first.model_dir))), tmp_path / "v", progress=False)
+    source = load_model(first.model_dir).unet.state_dict()
+    assert all(torch.equal(source[k], seen["ema_before_first_update"][k]) for k in source)
+    assert load_model(tuned.model_dir).scheduler.config.prediction_type == "v_prediction"
+    with pytest.raises(ValueError, match="another architecture"):
+        train(TrainConfig(**dict(TINY, block_out_channels=(8, 8), init_from=str(first.model_dir))),
+              tmp_path / "other", progress=False)
