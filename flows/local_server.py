@@ -33,13 +33,13 @@ def loopback_server(home: str | Path, timeout: float = 300, extra_env: dict[str,
     While inside, PREFECT_API_URL (and ``extra_env``) are set in this process's environment, so
     child processes report to the server; queued run logs and events are sent before it stops.
     """
-    url = f"http://127.0.0.1:{_free_port()}/api"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
     env = {"PREFECT_HOME": str(home), "PREFECT_API_URL": url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_UI_ENABLED": "false", **(extra_env or {})}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
-    port = url.rsplit(":", 1)[1].split("/")[0]
-    proc = subprocess.Popen([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", port],
+    proc = subprocess.Popen([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout

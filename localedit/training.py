@@ -83,15 +83,14 @@ def learning_rate(config: TrainConfig, progress: float, step: int) -> float:
     return config.final_learning_rate + (config.learning_rate - config.final_learning_rate) * cos
 
 
-def _init_weights(config: TrainConfig) -> dict:
-    """Weights to start from (a fine-tune): a diffusers folder of the same architecture."""
-    source = UNet2DModel.from_pretrained(config.init_from, low_cpu_mem_usage=False)
-    own = UNet2DModel(**config.unet_config()).config
-    differ = [k for k, v in own.items()
+def _load_init_weights(model: UNet2DModel, init_from: str) -> None:
+    """Start a fine-tune from a diffusers folder of the same architecture."""
+    source = UNet2DModel.from_pretrained(init_from, low_cpu_mem_usage=False)
+    differ = [k for k, v in model.config.items()
               if not k.startswith("_") and json.dumps(source.config.get(k)) != json.dumps(v)]
     if differ:
-        raise ValueError(f"init_from {config.init_from} has another architecture (differs in {differ})")
-    return source.state_dict()
+        raise ValueError(f"init_from {init_from} has another architecture (differs in {differ})")
+    model.load_state_dict(source.state_dict())
 
 
 def _canonical(config: dict) -> str:
@@ -120,8 +119,9 @@ def train(config: TrainConfig, work_dir: str | Path, progress: bool = True) -> T
     work_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     model = UNet2DModel(**config.unet_config())
-    if config.init_from:
-        model.load_state_dict(_init_weights(config))
+    ckpt_path = work_dir / CHECKPOINT
+    if config.init_from and not ckpt_path.exists():  # a resumed run takes its weights from the checkpoint
+        _load_init_weights(model, config.init_from)
     ema = UNet2DModel(**config.unet_config())
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
@@ -131,7 +131,6 @@ def train(config: TrainConfig, work_dir: str | Path, progress: bool = True) -> T
     alphas_cumprod = scheduler.alphas_cumprod
 
     step, elapsed = 0, 0.0
-    ckpt_path = work_dir / CHECKPOINT
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
         if _canonical(state["config"]) != _canonical(asdict(config)):
