@@ -20,13 +20,13 @@ from localedit.evaluation import TARGET_CHANGE, strip_path
 from localedit.samples import SAMPLES_DIR
 from tasks.evaluate import (baseline_directions, catalogue_directions, match_task, prepare_evaluation, publish,
                             score_task, source_index, sweep_task)
-from tasks.runtime import local_slots
+from tasks.runtime import local_slots, wait_all
 
 
 @flow(name="evaluate-directions", task_runner=ThreadPoolTaskRunner(max_workers=local_slots()), log_prints=True)
 def evaluate_directions(run_dir: str, heldout: int = 16, sources: int = 4, baselines: bool = False,
                         target: float = TARGET_CHANGE, max_rank: int = 1, strip_images: int = 3,
-                        samples: str = str(SAMPLES_DIR)) -> dict:
+                        samples: str = str(SAMPLES_DIR), progress: bool = True) -> dict:
     """Score a run's directions; returns evaluation.json's content plus the report path.
 
     Args:
@@ -38,6 +38,7 @@ def evaluate_directions(run_dir: str, heldout: int = 16, sources: int = 4, basel
         target: RMS pixel change every direction is matched to.
         max_rank: catalogue directions of rank below this are scored.
         strip_images: held-out images in each direction's strip and alpha sweep.
+        progress: show a progress bar per stage (baselines, evaluation).
     """
     start = time.perf_counter()
     plan = prepare_evaluation(run_dir, heldout, sources, target, samples)
@@ -45,6 +46,7 @@ def evaluate_directions(run_dir: str, heldout: int = 16, sources: int = 4, basel
     n_source, n_heldout = len(plan["source"].keys), len(plan["heldout"].keys)
     if baselines:
         found = [baseline_directions.submit(plan, i) for i in range(n_source)]
+        wait_all(found, "baselines", progress)
         directions += [d for future in found for d in future.result()]
     matches, scored = [], []
     for d in directions:
@@ -55,6 +57,7 @@ def evaluate_directions(run_dir: str, heldout: int = 16, sources: int = 4, basel
         scored += [score_task.submit(plan, d, match, j) for j in targets]
         if d.source is None or own[0] == 0:
             scored.append(sweep_task.submit(plan, d, match, targets[:strip_images], str(strip_path(run_dir, d.id))))
+    wait_all([*matches, *scored], "evaluation", progress)
     frames = [m.result()["rows"] for m in matches] + [f.result() for f in scored]
     settings = {**plan["settings"], "baselines": baselines, "max_rank": max_rank,
                 "seconds": round(time.perf_counter() - start, 1)}

@@ -18,15 +18,13 @@ from datetime import datetime
 
 import dask
 from prefect import flow, get_run_logger
-from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
-from tqdm.auto import tqdm
 
 from tasks.catalogue import build_catalogue
 from tasks.mine import invert_image, region_subspace, split_image
 from tasks.prepare import prepare_run
-from tasks.runtime import WORKER_CORES_ENV, cores, local_slots
+from tasks.runtime import WORKER_CORES_ENV, cores, local_slots, wait_all
 
 RUNNERS = ("local", "dask")
 
@@ -86,8 +84,7 @@ def mine_directions(
     futures = {**{("latent", i): f for i, f in latents.items()},
                **{("subspace", *key): f for key, f in subspaces.items()},
                **{("split", i): f for i, f in splits.items()}}
-    for _ in tqdm(as_completed(list(futures.values())), total=len(futures), desc="mining", disable=not progress):
-        pass
+    wait_all(futures.values(), "mining", progress)
     reports = {key: future.result() for key, future in futures.items()}  # raises the first failure
     catalogue = build_catalogue(run_dir, threshold, min_support)
     counts = {stage: {"computed": 0, "skipped": 0} for stage in ("latent", "subspace", "split")}

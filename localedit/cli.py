@@ -7,6 +7,7 @@ Library commands run in-process; pipeline commands hand over to the Prefect flow
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -298,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Prefect still records every run and task log on its server (and UI); the console shows warnings,
+    # the progress bars and the summary. Set the variable yourself to see Prefect's INFO lines.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     torch.set_grad_enabled(True)
     try:
         return args.func(args)

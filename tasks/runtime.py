@@ -10,6 +10,8 @@ from contextlib import contextmanager
 import distributed
 import torch
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from tqdm.auto import tqdm
 
 from localedit.models import DiffusionModel, load_model
 
@@ -47,6 +49,18 @@ def transient(task, task_run, state) -> bool:
     except Exception:
         return True
     return True
+
+
+def wait_all(futures, desc: str, progress: bool = True) -> None:
+    """Block until every future has finished, with one progress bar for the stage.
+
+    The bar is what the console shows of a stage: per-task records go to Prefect's server and
+    UI only (the CLI sets ``PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=WARNING``). Failures are
+    raised later, by the caller's ``.result()``.
+    """
+    futures = list(futures)
+    for _ in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
+        pass
 
 
 # Completion is tracked by the run store's marks, so Prefect's input-hash cache stays off.
