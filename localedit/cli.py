@@ -178,6 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """
     from flows.mine import run_mining
     from localedit import catalogue
+    from localedit.evaluation import STRIPS_DIR, strip_path
     from localedit.models import load_model
     from localedit.samples import load_samples
 
@@ -191,16 +192,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not len(cat):
         print(f"no direction is shared by {cat.attrs['min_support']} images at squared cosine "
               f">= {cat.attrs['threshold']}: no strips (mine with a lower --threshold to see weaker ones)")
-    for direction in cat.frame.query("rank == 0")["id"]:
-        path = Path(summary["run_dir"]) / "strips" / f"{direction.replace('/', '-')}.png"
+    evaluate = bool(len(cat) and args.evaluate_heldout)  # then the evaluation strips these directions at matched strength
+    for direction in () if evaluate else cat.frame.query("rank == 0")["id"]:
+        path = strip_path(summary["run_dir"], direction)
         print(f"strip: {_direction_strip(cat, model, direction, heldout, DEFAULT_ALPHAS, path)}")
-    if len(cat) and args.evaluate_heldout:
+    if evaluate:
         from flows.evaluate import evaluate_directions
         from localedit.report import text_table
 
         result = evaluate_directions(summary["run_dir"], heldout=args.evaluate_heldout)
         print(text_table(result["methods"]))
         print(f"catalogue: {Path(summary['run_dir']) / 'catalogue.parquet'}")
+        print(f"strips: {Path(summary['run_dir']) / STRIPS_DIR}")
         print(f"report: {result['report']}")
     return 0
 

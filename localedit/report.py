@@ -35,7 +35,7 @@ LABELS = {
 # (column, header, decimals) of the method table; each median is shown with its interval.
 METHOD_COLUMNS = [
     ("locality", "locality", 2), ("transfer_locality", "transfer locality", 2),
-    ("outside_psnr", "outside PSNR dB", 1), ("outside_ssim", "outside SSIM", 3),
+    ("outside_psnr", "outside PSNR dB", 1), ("outside_ssim", "outside SSIM", 3), ("lpips", "LPIPS", 3),
     ("lpips_outside", "LPIPS outside", 3), ("factor_purity", "factor purity", 2),
     ("transfer_factor_purity", "transfer purity", 2), ("inside_strength", "inside RMS", 3),
     ("transfer_total_change", "transfer RMS change", 3),
@@ -162,7 +162,7 @@ def _method_table(methods: dict) -> str:
 
 def _direction_table(directions: list[dict]) -> str:
     cols = [("locality", 2), ("transfer_locality", 2), ("outside_psnr", 1), ("transfer_outside_psnr", 1),
-            ("lpips_outside", 3), ("factor_purity", 2), ("transfer_factor_purity", 2)]
+            ("lpips", 3), ("lpips_outside", 3), ("factor_purity", 2), ("transfer_factor_purity", 2)]
     head = "".join(f"<th>{c.replace('_', ' ')}</th>" for c, _ in cols)
     body = []
     for d in directions:
@@ -178,11 +178,13 @@ def _strips(run_dir: Path, directions: list[dict]) -> str:
     by_slug = {strip_path(run_dir, str(d["direction"])).stem: d for d in directions}
     items = []
     for path in sorted((run_dir / STRIPS_DIR).glob("*.png")):
-        d = by_slug.get(path.stem, {})
-        alpha = d.get("alpha_median")
-        caption = html.escape(f"{LABELS.get(d.get('method'), d.get('method', ''))} | "
-                              f"{d.get('direction_region') or 'all regions'} | {d.get('direction', path.stem)}"
-                              + ("" if alpha is None else f" | matched alpha {alpha:.3g}"))
+        d = by_slug.get(path.stem)
+        if d is None:  # a strip the evaluation did not score: nothing to say beyond its name
+            caption = html.escape(path.stem)
+        else:
+            alpha = d.get("alpha_median")
+            caption = html.escape(f"{LABELS.get(d['method'], d['method'])} | {d.get('direction_region') or 'all regions'}"
+                                  f" | {d['direction']}" + ("" if alpha is None else f" | matched alpha {alpha:.3g}"))
         items.append(f'<div class="strip"><div>{caption}</div><img src="{_data_uri(path.read_bytes())}"></div>')
     return "\n".join(items) or "<p>No strips were written.</p>"
 
@@ -213,13 +215,15 @@ def write_report(run_dir: str | Path) -> Path:
              _by_method_plot(rows, "outside_psnr", "change outside the region", "outside PSNR (dB)"),
              _sweep_plot(rows), _factor_plot(rows)]
     lpips_note = settings.get("lpips_note", "")
-    notes = [n for n in (lpips_note if lpips_note.startswith("unavailable") else "", settings.get("probe_note", "")) if n]
+    missing = lpips_note.startswith("unavailable")
+    notes = [n for n in (lpips_note if missing else "", settings.get("probe_note", "")) if n]
     shown = {k: v for k, v in settings.items() if k not in ("lpips_note", "probe_note")}
+    lpips_source = f'<p class="meta">{html.escape(lpips_note)}</p>' if lpips_note and not missing else ""  # where AlexNet came from
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>localedit evaluation</title>
 <style>{STYLE}</style></head><body>
 <h1>Local edits: locality and fidelity by method</h1>
 <p class="meta">{html.escape(', '.join(f'{k}: {v}' for k, v in shown.items()))}</p>
-{''.join(f'<p class="note">{html.escape(n)}</p>' for n in notes)}
+{lpips_source}{''.join(f'<p class="note">{html.escape(n)}</p>' for n in notes)}
 <p>Every direction is applied at +alpha and -alpha, with alpha chosen per direction so that the edits change the
 image by the same RMS amount (target {settings.get('target_change')}); metrics compare against the unedited
 reconstruction. <b>Locality</b>: share of the squared pixel change inside the direction's region (chance = the
@@ -249,9 +253,10 @@ def text_table(methods: dict) -> str:
         ci = "" if m.get(f"{key}_ci_low") is None else f" [{num(m[f'{key}_ci_low'], decimals)}, {num(m[f'{key}_ci_high'], decimals)}]"
         return num(m.get(f"{key}_median"), decimals) + ci
 
-    header = ["method", "locality", "transfer locality", "out PSNR", "out SSIM", "LPIPS out", "purity", "alpha", "images"]
+    header = ["method", "locality", "transfer locality", "out PSNR", "out SSIM", "LPIPS", "LPIPS out", "purity", "alpha",
+              "images"]
     lines = [[name, with_ci(m, "locality", 2), with_ci(m, "transfer_locality", 2), num(m.get("outside_psnr_median"), 1),
-              num(m.get("outside_ssim_median"), 3), num(m.get("lpips_outside_median"), 3),
+              num(m.get("outside_ssim_median"), 3), num(m.get("lpips_median"), 3), num(m.get("lpips_outside_median"), 3),
               num(m.get("factor_purity_median"), 2), num(m.get("alpha_median"), 3),
               f"{m.get('n_images') or 0}/{m.get('transfer_n_images') or 0}"] for name, m in
              ((name, methods[name]) for name in _ordered(methods))]

@@ -10,8 +10,9 @@ from localedit.baselines import METHODS, REGION_FREE
 from localedit.cli import main
 from localedit.editing import write_strip
 from localedit.evaluation import strip_path
-from localedit.report import LABELS, REPORT_FILE, text_table, write_report
+from localedit.report import LABELS, METHOD_COLUMNS, REPORT_FILE, text_table, write_report
 from localedit.summary import save_results
+from tests import browser
 
 
 def _rows(lpips: bool) -> pd.DataFrame:
@@ -87,6 +88,8 @@ def test_report_plots_lpips_when_it_was_measured(evaluated):
     page = path.read_text()
     assert len(re.findall(r'src="data:image/png', page)) == 5 + 1 + 1
     assert "unavailable" not in page
+    assert '<p class="meta">LPIPS v0.1, AlexNet</p>' in page  # where the backbone came from
+    assert "<th>LPIPS</th>" in page and "<th>LPIPS outside</th>" in page
 
 
 def test_text_table_lists_every_method_with_intervals(evaluated):
@@ -106,3 +109,40 @@ def test_report_command_rewrites_the_report(evaluated, capsys):
     assert main(["report", str(run)]) == 0
     assert capsys.readouterr().out.strip() == str(run / REPORT_FILE)
     assert (run / REPORT_FILE).is_file()
+
+
+@pytest.mark.skipif(not browser.available(), reason="needs Debian's chromium (`apt-get install chromium`; .ci/run does)")
+def test_report_reads_in_a_real_browser(evaluated, tmp_path):
+    """What a reader relies on, in headless Chromium: images decoded, sortable methods table, no errors."""
+    run, model_dir = evaluated
+    _, path = _write(run, model_dir, lpips=True)
+    with browser.Page(tmp_path) as page:
+        page.open(path.resolve().as_uri())
+        images = page.evaluate("[...document.images].map(i => [i.complete, i.naturalWidth])")
+        assert len(images) == 5 + 1 + 1 and all(done and width > 0 for done, width in images), images
+        column = ("[...document.querySelector('table.sortable').tBodies[0].rows]"
+                  ".map(r => parseFloat(r.cells[{}].dataset.v))")
+        header = [h for _, h, _ in METHOD_COLUMNS].index("locality") + 1
+        before = page.evaluate(column.format(header))
+        assert len(before) == len(METHODS) and before != sorted(before)
+        selector = f"table.sortable th:nth-child({header + 1})"
+        page.click(selector)
+        assert page.evaluate(column.format(header)) == sorted(before)
+        page.click(selector)
+        assert page.evaluate(column.format(header)) == sorted(before, reverse=True)
+        assert page.evaluate("document.querySelector('table.sortable td').textContent") in LABELS.values()
+        shot = page.screenshot(tmp_path / "report.png")
+        assert page.errors() == []
+    with Image.open(shot) as png:
+        assert png.width >= 1000 and png.height > 2000  # the whole page, not the first screen
+
+
+def test_strip_headings_name_method_and_region(evaluated):
+    run, model_dir = evaluated
+    unscored = strip_path(run, "eyes/individual/0")
+    unscored.write_bytes(strip_path(run, "m0:masked:eyes").read_bytes())
+    _, path = _write(run, model_dir, lpips=True)
+    captions = re.findall(r'<div class="strip"><div>([^<]*)</div>', path.read_text())
+    assert f"{LABELS['masked']} | eyes | m0:masked:eyes | matched alpha 0.1" in captions
+    assert unscored.stem in captions  # a strip the evaluation did not score: its name, no empty fields
+    assert not [c for c in captions if c.startswith(" |") or "|  |" in c]
