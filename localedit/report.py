@@ -35,8 +35,8 @@ LABELS = {
 # (column, header, decimals) of the method table; each median is shown with its interval.
 METHOD_COLUMNS = [
     ("locality", "locality", 2), ("transfer_locality", "transfer locality", 2),
-    ("outside_psnr", "outside PSNR dB", 1), ("outside_ssim", "outside SSIM", 3), ("lpips", "LPIPS", 3),
-    ("lpips_outside", "LPIPS outside", 3), ("factor_purity", "factor purity", 2),
+    ("outside_psnr", "outside PSNR dB", 1), ("outside_ssim", "outside SSIM", 3), ("lpips", "LPIPS", 4),
+    ("lpips_outside", "LPIPS outside", 4), ("factor_purity", "factor purity", 2),
     ("transfer_factor_purity", "transfer purity", 2), ("inside_strength", "inside RMS", 3),
     ("transfer_total_change", "transfer RMS change", 3),
 ]
@@ -162,7 +162,7 @@ def _method_table(methods: dict) -> str:
 
 def _direction_table(directions: list[dict]) -> str:
     cols = [("locality", 2), ("transfer_locality", 2), ("outside_psnr", 1), ("transfer_outside_psnr", 1),
-            ("lpips", 3), ("lpips_outside", 3), ("factor_purity", 2), ("transfer_factor_purity", 2)]
+            ("lpips", 4), ("lpips_outside", 4), ("factor_purity", 2), ("transfer_factor_purity", 2)]
     head = "".join(f"<th>{c.replace('_', ' ')}</th>" for c, _ in cols)
     body = []
     for d in directions:
@@ -256,7 +256,7 @@ def text_table(methods: dict) -> str:
     header = ["method", "locality", "transfer locality", "out PSNR", "out SSIM", "LPIPS", "LPIPS out", "purity", "alpha",
               "images"]
     lines = [[name, with_ci(m, "locality", 2), with_ci(m, "transfer_locality", 2), num(m.get("outside_psnr_median"), 1),
-              num(m.get("outside_ssim_median"), 3), num(m.get("lpips_median"), 3), num(m.get("lpips_outside_median"), 3),
+              num(m.get("outside_ssim_median"), 3), num(m.get("lpips_median"), 4), num(m.get("lpips_outside_median"), 4),
               num(m.get("factor_purity_median"), 2), num(m.get("alpha_median"), 3),
               f"{m.get('n_images') or 0}/{m.get('transfer_n_images') or 0}"] for name, m in
              ((name, methods[name]) for name in _ordered(methods))]

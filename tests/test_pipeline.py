@@ -259,3 +259,25 @@ def test_catalogue_and_edit_commands(mined, models, tmp_path, capsys):
     assert main(["edit", "--catalogue", str(run_dir), "--direction", "eyes/individual/0", "--image", str(image),
                  "--model", models["other"], "--out", str(refused)]) == 2
     assert "do not apply" in capsys.readouterr().err and not refused.exists()
+
+
+def test_the_console_shows_a_bar_and_the_summary_while_prefect_keeps_the_records(mined, models, server):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    run_dir, _ = mined
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"}  # the CLI's default
+    done = subprocess.run([BIN / "localedit", "mine", "--model", models["tiny"], *CLI_SETTINGS, "--out", str(run_dir)],
+                          capture_output=True, env=env, timeout=600)  # bytes: text mode would turn a bar's \r into \n
+    stdout, stderr = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, stderr
+    console = [line for line in (stdout + stderr).split("\n") if line]  # what a terminal shows: the bar is one line
+    assert "Finished in state" not in stderr and "INFO" not in stderr
+    assert "mining: 100%" in stderr and len(console) <= 4, console
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+    assert flow_run.state.is_completed()
+    finished = [log for log in logs if "Finished in state Completed()" in log.message]
+    assert len(finished) >= 6 + 24 + 6  # every task's record is on the server
