@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from uuid import UUID
 
@@ -263,11 +264,11 @@ def test_catalogue_and_edit_commands(mined, models, tmp_path, capsys):
 
 def test_the_console_shows_a_bar_and_the_summary_while_prefect_keeps_the_records(mined, models, server):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime, LogFilter, LogFilterFlowRunId
 
     run_dir, _ = mined
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"}  # the CLI's default
+    started = datetime.now(timezone.utc)
     done = subprocess.run([BIN / "localedit", "mine", "--model", models["tiny"], *CLI_SETTINGS, "--out", str(run_dir)],
                           capture_output=True, env=env, timeout=600)  # bytes: text mode would turn a bar's \r into \n
     stdout, stderr = done.stdout.decode(), done.stderr.decode()
@@ -276,8 +277,9 @@ def test_the_console_shows_a_bar_and_the_summary_while_prefect_keeps_the_records
     assert "Finished in state" not in stderr and "INFO" not in stderr
     assert "mining: 100%" in stderr and len(console) <= 4, console
     with get_client(sync_client=True) as client:
-        flow_run = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
-    assert flow_run.state.is_completed()
+        since = FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started))
+        ours = [r for r in client.read_flow_runs(flow_run_filter=since) if r.parameters.get("out") == str(run_dir)]
+        assert len(ours) == 1 and ours[0].state.is_completed(), ours
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[ours[0].id])))
     finished = [log for log in logs if "Finished in state Completed()" in log.message]
     assert len(finished) >= 6 + 24 + 6  # every task's record is on the server
