@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import torch
+
+from localedit.badinput import BAD_INPUT, check_output_dir, check_output_file
 
 DEFAULT_ALPHAS = (-0.3, -0.15, 0.0, 0.15, 0.3)
 
@@ -27,6 +30,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from localedit.regions import resolve_regions
     from localedit.samples import load_image, load_samples
 
+    out = check_output_dir(args.out)
     model = load_model(args.model)
     print(f"model: {model.source} (fingerprint {model.fingerprint})")
     if args.image:
@@ -36,7 +40,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         image = images[int(factors["eye_openness"].idxmax())]
     regions = resolve_regions(args.regions, model.resolution)
     found = mine_image(model, image, regions, t=args.t, k=args.k)
-    out = Path(args.out)
     directions = {f"{r}_individual": found.individual(r)[:, 0] for r in found.regions if found.individual(r).shape[1]}
     if found.joint.shape[1]:
         directions["joint"] = found.joint[:, 0]
@@ -72,6 +75,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from localedit.metrics import load_lpips
         from localedit.models import load_model
 
+        check_output_dir(args.out)
         model = load_model(args.model)
         perceptual = load_lpips()
         probe, probe_note = load_probe_or_note()
@@ -159,11 +163,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from localedit.models import load_model
     from localedit.samples import load_image
 
+    out = check_output_file(args.out, ".png")
     cat = catalogue.open(args.catalogue)
     model = load_model(args.model or cat.attrs["model_source"])
     cat.check_model(model)
     images = torch.stack([load_image(path, model.resolution) for path in args.image])
-    print(f"wrote {_direction_strip(cat, model, args.direction, images, args.alphas, Path(args.out))}")
+    print(f"wrote {_direction_strip(cat, model, args.direction, images, args.alphas, out)}")
     return 0
 
 
@@ -262,7 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--dask-address", default=None, help="scheduler of an existing cluster, e.g. tcp://host:8786")
     mine.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: one per core)")
     mine.add_argument("--gpu", action="store_true", help="model-heavy tasks ask Dask for a GPU worker resource")
-    mine.add_argument("--out", required=True, help="run directory (resumed if it holds a run with the same settings)")
+    mine.add_argument("--out", required=True,
+                      help="run directory (resumed if it holds a run with the same settings); strftime %%-codes "
+                           "are expanded, e.g. runs/%%Y-%%m-%%d (write %%%% for a literal %%)")
     mine.set_defaults(func=cmd_mine)
 
     cat = sub.add_parser("catalogue", help="list a run's directions")
@@ -296,14 +303,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"localedit: warning: {' '.join(str(message).split())}\n"
+
+
+def _error(err: BaseException) -> str:
+    text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else err  # KeyError's str() adds quotes
+    return f"localedit: error: {' '.join(str(text).split())}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; bad input (``BAD_INPUT``) is one line on stderr and exit status 2, never a traceback."""
     args = build_parser().parse_args(argv)
     torch.set_grad_enabled(True)
+    warnings.formatwarning = _one_line_warning
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"localedit: error: {err}", file=sys.stderr)
+    except BAD_INPUT as err:
+        print(_error(err), file=sys.stderr)
         return 2
+    except OSError as err:  # the disk or the network, not the input: one line too, but status 1
+        print(_error(err), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from localedit.imagefile import load_mask
 from localedit.paths import DATA_DIR
-from localedit.samples import read_pixels
 
 PRESETS = DATA_DIR / "regions.json"
 
@@ -91,14 +91,11 @@ def box(name: str, top, left, bottom, right, size: int, relative: bool = False) 
 
 
 def from_mask_image(name: str, path: str | Path, size: int) -> Region:
-    """Region from a binary mask PNG (white = inside), which must already be size x size."""
+    """Region from a binary mask image (white = inside, or opaque on transparent), already size x size."""
     try:
-        gray = read_pixels(path, "L", size, what="mask image")
+        return Region(name, load_mask(path, size))
     except ValueError as err:
         raise ValueError(f"region {name!r}: {err}") from err
-    if not np.isin(gray, (0, 255)).all():
-        raise ValueError(f"region {name!r}: mask {path} is not binary; use only black (0) and white (255)")
-    return Region(name, torch.from_numpy(gray == 255).float())
 
 
 def load_presets(path: str | Path | None = None) -> dict[str, dict]:

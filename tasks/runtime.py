@@ -11,6 +11,7 @@ import distributed
 import torch
 from prefect.cache_policies import NO_CACHE
 
+from localedit.badinput import BAD_INPUT
 from localedit.models import DiffusionModel, load_model
 
 # Cores a process may use: set it for Dask workers that share a machine (our LocalCluster does).
@@ -42,7 +43,7 @@ def transient(task, task_run, state) -> bool:
     """Retry crashes and runtime errors (out of memory, I/O), never bad input: it would fail again."""
     try:
         state.result()
-    except (ValueError, KeyError, TypeError, FileNotFoundError):
+    except BAD_INPUT:
         return False
     except Exception:
         return True
