@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import distributed
 import torch
@@ -53,20 +51,6 @@ def transient(task, task_run, state) -> bool:
 # Completion is tracked by the run store's marks, so Prefect's input-hash cache stays off.
 TASK_OPTIONS = dict(retries=2, retry_delay_seconds=2, retry_condition_fn=transient, cache_policy=NO_CACHE)
 GPU_TASK_OPTIONS = dict(TASK_OPTIONS, tags=["gpu"])
-
-_jacobian_lock = threading.Lock()
-
-
-@contextmanager
-def jacobian_slot() -> Iterator[None]:
-    """Take Jacobians one at a time per process.
-
-    PyTorch's forward-mode AD levels are process-global: two threads inside torch.func.jvp
-    corrupt each other ("invalid forward AD level"). (Task bodies reach the lock through this
-    function: Dask pickles them by value, and a lock does not pickle.)
-    """
-    with _jacobian_lock:
-        yield
 
 _lock = threading.Lock()
 _cached: dict[str, DiffusionModel] = {}
