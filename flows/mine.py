@@ -26,6 +26,8 @@ from tqdm.auto import tqdm
 
 from tasks.catalogue import build_catalogue
 from tasks.mine import invert_image, region_subspace, split_image
+from flows.local_server import pipeline_server
+from flows.stopping import stoppable
 from localedit.store import RunStore, run_lock
 from tasks.prepare import plan_run, prepare_run
 from tasks.runtime import WORKER_CORES_ENV, cores, local_slots
@@ -34,6 +36,7 @@ RUNNERS = ("local", "dask")
 
 
 @flow(name="mine-directions", task_runner=ThreadPoolTaskRunner(max_workers=local_slots()))
+@stoppable()  # a signal stops the run within seconds
 def mine_directions(
     out: str,
     model: str = "bundled",
@@ -151,5 +154,6 @@ def run_mining(runner: str = "local", dask_address: str | None = None, workers: 
     chosen = task_runner(runner, dask_address, workers, parameters.get("gpu", False))
     plan_run(**preparation(parameters))  # bad input fails here, in one line, before Prefect starts anything
     flow_ = mine_directions if chosen is None else mine_directions.with_options(task_runner=chosen)
-    return flow_(**parameters)
+    with pipeline_server():
+        return flow_(**parameters)
 

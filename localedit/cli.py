@@ -7,7 +7,10 @@ Library commands run in-process; pipeline commands hand over to the Prefect flow
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -19,7 +22,21 @@ DEFAULT_ALPHAS = (-0.3, -0.15, 0.0, 0.15, 0.3)
 
 
 def _alphas(text: str) -> list[float]:
-    return [float(a) for a in text.split(",")]
+    """Comma-separated finite strengths (a NaN strength would write a strip of NaN images)."""
+    try:
+        alphas = [float(a) for a in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not all(math.isfinite(a) for a in alphas):
+        raise argparse.ArgumentTypeError(f"{text!r}: strengths must be finite")
+    return alphas
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in the one-line form of every other error (``localedit: error: ...``, status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"localedit: error: {message} (see {self.prog} --help)\n")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -66,9 +83,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     target = TARGET_CHANGE if args.target is None else args.target
     if args.run:
         from flows.evaluate import evaluate_directions
+        from flows.local_server import pipeline_server
 
-        result = evaluate_directions(args.run, heldout=args.heldout, sources=args.sources, baselines=args.compare,
-                                     target=target)
+        with pipeline_server():
+            result = evaluate_directions(args.run, heldout=args.heldout, sources=args.sources,
+                                         baselines=args.compare, target=target)
         report = result["report"]
     elif args.compare:
         from localedit.evaluation import load_probe_or_note, run_comparison
@@ -180,6 +199,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     degrees apart, so the automatic rank finds no joint direction, yet the most shared one
     (in 15 of 24 images) is worth seeing next to the local ones.
     """
+    from flows.local_server import pipeline_server
+
+    with pipeline_server():  # one Prefect API for the mining and the evaluation
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from flows.mine import run_mining
     from localedit import catalogue
     from localedit.models import load_model
@@ -210,7 +236,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="localedit", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="localedit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="mine and edit one image in memory")
@@ -317,14 +343,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_grad_enabled(True)
     warnings.formatwarning = _one_line_warning
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:  # SIGTERM stops a command like Ctrl-C (flows/stopping.py: within seconds, mid-run)
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print("localedit: stopped; finished work is kept (rerun the same command to resume)", file=sys.stderr)
+        return 130
     except BAD_INPUT as err:
         print(_error(err), file=sys.stderr)
         return 2
     except OSError as err:  # the disk or the network, not the input: one line too, but status 1
         print(_error(err), file=sys.stderr)
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
