@@ -101,13 +101,18 @@ def from_mask_image(name: str, path: str | Path, size: int) -> Region:
 def load_presets(path: str | Path | None = None) -> dict[str, dict]:
     """Region entries of a regions JSON file (default: the bundled ``data/regions.json``)."""
     path = Path(path) if path is not None else PRESETS
-    data = json.loads(path.read_text())
-    if not isinstance(data.get("regions"), dict):
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read regions file {path}: {err}") from err
+    if not isinstance(data, dict) or not isinstance(data.get("regions"), dict):
         raise ValueError(f"{path}: expected an object with a 'regions' mapping")
     return data["regions"]
 
 
 def _from_entry(name: str, entry: dict, size: int, base_dir: Path) -> Region:
+    if not isinstance(entry, dict):
+        raise ValueError(f"region {name!r}: expected an object with 'box' or 'mask', got {entry!r}")
     unknown = set(entry) - {"box", "relative", "mask", "description"}
     if unknown:
         raise ValueError(f"region {name!r}: unknown keys {sorted(unknown)}")
