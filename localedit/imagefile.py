@@ -67,8 +67,9 @@ def _to_srgb(img: Image.Image, fmt: str | None, path: Path, what: str) -> Image.
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
             if "srgb" in ImageCms.getProfileDescription(source).lower():
                 return img
-            alpha = img.getchannel("A") if img.mode in ("RGBA", "LA") else None
-            base = img.convert("L" if img.mode in ("L", "LA") else "CMYK" if img.mode == "CMYK" else "RGB")
+            alpha = img.convert("RGBA").getchannel("A") if img.has_transparency_data else None
+            space = source.profile.xcolor_space.strip()  # the pixels the profile describes: RGB, GRAY or CMYK
+            base = img.convert({"GRAY": "L", "CMYK": "CMYK"}.get(space, "RGB"))
             converted = ImageCms.profileToProfile(base, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
         except (ImageCms.PyCMSError, OSError, ValueError) as err:
             raise ValueError(f"cannot apply the colour profile embedded in {what} {path}: {err}") from err

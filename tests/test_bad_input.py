@@ -130,6 +130,14 @@ def test_display_tags_are_honoured(tmp_path):
     gamma = Image.fromarray(pixels)
     gamma.save(tmp_path / "linear.png", pnginfo=_gamma_chunk(1.0))  # linear-light file: brighter once shown
     assert load_image(tmp_path / "linear.png", SIZE).mean() > reference.mean() + 0.05
+    from PIL import ImageCms
+
+    srgb, xyz = (ImageCms.ImageCmsProfile(ImageCms.createProfile(name)).tobytes() for name in ("sRGB", "XYZ"))
+    Image.fromarray(pixels).save(tmp_path / "srgb.png", icc_profile=srgb)
+    torch.testing.assert_close(load_image(tmp_path / "srgb.png", SIZE), reference)
+    Image.fromarray(pixels).save(tmp_path / "xyz.png", icc_profile=xyz)  # a profile LittleCMS cannot map: refused
+    with pytest.raises(ValueError, match="cannot apply the colour profile embedded in image"):
+        load_image(tmp_path / "xyz.png", SIZE)
     sixteen = (pixels[..., 0].astype(np.uint16) * 257)
     Image.fromarray(sixteen).save(tmp_path / "gray16.png")
     torch.testing.assert_close(load_image(tmp_path / "gray16.png", SIZE)[0], reference[0], atol=1e-6, rtol=0)

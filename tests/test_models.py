@@ -11,7 +11,7 @@ import localedit.models as models
 from localedit.models import fingerprint, from_unet, load_model, save_model, select_device
 from tests.conftest import tiny_unet
 
-CASES = Path("/work/shared/cases")
+CASES = Path(__file__).resolve().parents[2] / "shared" / "cases"  # ../shared/cases beside the repository
 SCHEDULER = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
 
 
