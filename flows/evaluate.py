@@ -25,7 +25,7 @@ from tasks.runtime import local_slots
 
 
 @flow(name="evaluate-directions", task_runner=ThreadPoolTaskRunner(max_workers=local_slots()), log_prints=True)
-@stoppable()  # a signal stops the run within seconds
+@stoppable  # a signal stops the run within seconds
 def evaluate_directions(run_dir: str, heldout: int = 16, sources: int = 4, baselines: bool = False,
                         target: float = TARGET_CHANGE, max_rank: int = 1, strip_images: int = 3,
                         samples: str = str(SAMPLES_DIR)) -> dict:

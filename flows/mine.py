@@ -36,7 +36,7 @@ RUNNERS = ("local", "dask")
 
 
 @flow(name="mine-directions", task_runner=ThreadPoolTaskRunner(max_workers=local_slots()))
-@stoppable()  # a signal stops the run within seconds
+@stoppable  # a signal stops the run within seconds
 def mine_directions(
     out: str,
     model: str = "bundled",

@@ -12,11 +12,12 @@ workers) and exits with status 128 + the signal number.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psutil
@@ -54,8 +55,23 @@ def end(signum: int) -> None:
         os._exit(128 + signum)
 
 
+def stoppable(fn: Callable) -> Callable:
+    """Decorate a flow function: it runs with ``stop_handlers`` installed.
+
+    (A plain wrapper, not ``contextmanager``'s decorator form, which keeps a generator in the
+    function and so cannot be pickled with it to a Dask worker.)
+    """
+
+    @functools.wraps(fn)
+    def run_stoppable(*args, **kwargs):
+        with stop_handlers():
+            return fn(*args, **kwargs)
+
+    return run_stoppable
+
+
 @contextmanager
-def stoppable() -> Iterator[None]:
+def stop_handlers() -> Iterator[None]:
     """Inside: the first SIGINT/SIGTERM goes on to the handler before (Prefect's, or KeyboardInterrupt) and
     arms a ``GRACE_SECONDS`` timer to ``end``; a second one ends the process at once. Only the main
     thread can install handlers: elsewhere (a flow run in a worker thread) this does nothing."""

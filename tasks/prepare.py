@@ -97,8 +97,7 @@ def plan_run(out: str, model: str, images: str | None, samples: int | None, seed
         image_sources=tuple(sources), t=grid_timestep(loaded, t, num_steps), k=k, num_steps=num_steps,
         seed=seed, jive=jive, complements=complements,
     )
-    existing = Path(out) / STORE_NAME
-    if existing.exists():
+    if (Path(out) / STORE_NAME).exists():
         RunStore(out).check_resumable(config)
     return {"config": config, "masks": torch.stack([r.mask for r in region_list]), "pixels": pixels, "x_T": x_T}
 
@@ -111,6 +110,5 @@ def prepare_run(out: str, model: str, images: str | None, samples: int | None, s
     plan = plan_run(out, model, images, samples, seed, regions, t, k, num_steps, jive, complements)
     config = plan["config"]
     store = RunStore.open_or_create(out, config, plan["masks"], plan["pixels"], plan["x_T"])
-    ids = config.images
-    return {"run_dir": str(store.run_dir), "images": len(ids), "regions": list(config.regions),
+    return {"run_dir": str(store.run_dir), "images": len(config.images), "regions": list(config.regions),
             "blocks": list(config.blocks), "run_id": store.run_id}
