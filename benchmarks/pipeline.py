@@ -62,12 +62,12 @@ def bundled_or_random(workdir: Path) -> tuple[str, str]:
     """
     from diffusers import UNet2DModel
 
-    from localedit.models import BUNDLED_MODEL_DIR
+    from localedit.models import BUNDLED_MODEL_DIR, from_unet, save_model
     from localedit.training import TrainConfig
 
     if (BUNDLED_MODEL_DIR / "config.json").exists():
         return "bundled", "the bundled model (trained)"
-    UNet2DModel(**TrainConfig().unet_config()).save_pretrained(workdir / "random-bundled")
+    save_model(from_unet(UNet2DModel(**TrainConfig().unet_config())), workdir / "random-bundled")
     return str(workdir / "random-bundled"), "the bundled architecture, random weights (trained model not yet available)"
 
 

@@ -35,8 +35,9 @@ from typing import Callable
 
 import torch
 from diffusers import UNet2DModel
-from torch.func import jacfwd, jvp, vjp, vmap
+from torch.func import vjp, vmap
 
+from localedit.forward_ad import jacfwd, jvp
 from localedit.hspace import HState, decode, encode
 from localedit.jacobian import MaskedJacobian, subspaces
 from localedit.models import BUNDLED_MODEL_DIR, DiffusionModel, from_unet, load_model

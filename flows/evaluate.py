@@ -16,6 +16,7 @@ import time
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.stopping import stoppable
 from localedit.evaluation import TARGET_CHANGE, strip_path
 from localedit.samples import SAMPLES_DIR
 from tasks.evaluate import (baseline_directions, catalogue_directions, match_task, prepare_evaluation, publish,
@@ -24,6 +25,7 @@ from tasks.runtime import local_slots, wait_all
 
 
 @flow(name="evaluate-directions", task_runner=ThreadPoolTaskRunner(max_workers=local_slots()), log_prints=True)
+@stoppable  # a signal stops the run within seconds
 def evaluate_directions(run_dir: str, heldout: int = 16, sources: int = 4, baselines: bool = False,
                         target: float = TARGET_CHANGE, max_rank: int = 1, strip_images: int = 3,
                         samples: str = str(SAMPLES_DIR), progress: bool = True) -> dict:

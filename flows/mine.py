@@ -12,6 +12,7 @@ runner="dask")`` sends them to a ``dask.distributed`` cluster instead, a local o
 
 from __future__ import annotations
 
+import inspect
 import time
 from contextlib import nullcontext
 from datetime import datetime
@@ -23,13 +24,17 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.catalogue import build_catalogue
 from tasks.mine import invert_image, region_subspace, split_image
-from tasks.prepare import prepare_run
+from flows.local_server import pipeline_server
+from flows.stopping import stoppable
+from localedit.store import RunStore, run_lock
+from tasks.prepare import plan_run, prepare_run
 from tasks.runtime import WORKER_CORES_ENV, cores, local_slots, wait_all
 
 RUNNERS = ("local", "dask")
 
 
 @flow(name="mine-directions", task_runner=ThreadPoolTaskRunner(max_workers=local_slots()))
+@stoppable  # a signal stops the run within seconds
 def mine_directions(
     out: str,
     model: str = "bundled",
@@ -52,7 +57,8 @@ def mine_directions(
     """Mine joint and individual h-space directions of ``regions`` over many images into a catalogue.
 
     Args:
-        out: run directory; strftime codes are expanded at the start (``out/weekly/%Y-%m-%d``).
+        out: run directory; strftime codes are expanded at the start (``out/weekly/%Y-%m-%d``; ``%%`` for a
+            literal ``%``).
             An existing run there is resumed if its settings match, refused otherwise.
         model: "bundled", a local diffusers folder, or a Hugging Face hub id.
         images: a folder of images at the model's resolution, or "bundled" (the bundled mining split).
@@ -68,10 +74,28 @@ def mine_directions(
         gpu: ask Dask for a ``GPU`` worker resource for the model-heavy tasks.
         progress: show a progress bar while the tasks run.
     """
+    parameters = dict(locals())  # first statement: exactly the flow's parameters
     start = time.perf_counter()
-    jive = {"joint_rank": joint_rank, "individual_ranks": individual_rank, "max_angle_deg": max_angle_deg}
-    run = prepare_run(datetime.now().strftime(out), model, images, samples, seed, regions, t, k, num_steps, jive,
-                      complements)
+    run = prepare_run(**preparation(parameters))
+    with run_lock(run["run_dir"]):  # one run writes a folder at a time
+        RunStore(run["run_dir"]).discard_partials()
+        return _mine(run, threshold, min_support, gpu, progress, start)
+
+
+def preparation(parameters: dict) -> dict:
+    """The ``plan_run``/``prepare_run`` arguments of a mining run's parameters, the flow's defaults filled in."""
+    bound = inspect.signature(mine_directions.fn).bind(**parameters)
+    bound.apply_defaults()
+    p = bound.arguments
+    return {"out": datetime.now().strftime(p["out"]), "model": p["model"], "images": p["images"],
+            "samples": p["samples"], "seed": p["seed"], "regions": p["regions"], "t": p["t"], "k": p["k"],
+            "num_steps": p["num_steps"], "complements": p["complements"],
+            "jive": {"joint_rank": p["joint_rank"], "individual_ranks": p["individual_rank"],
+                     "max_angle_deg": p["max_angle_deg"]}}
+
+
+def _mine(run: dict, threshold: float, min_support: int, gpu: bool, progress: bool, start: float) -> dict:
+    """The flow's task graph over a prepared run (its lock held)."""
     run_dir, n = run["run_dir"], run["images"]
     # Submitted stage by stage: a task waiting for its upstream holds a worker thread, so
     # interleaving the stages per image would fill every slot with waiting tasks.
@@ -125,6 +149,8 @@ def run_mining(runner: str = "local", dask_address: str | None = None, workers: 
                **parameters) -> dict:
     """Run ``mine_directions`` on the chosen task runner (the entry point of ``localedit mine``)."""
     chosen = task_runner(runner, dask_address, workers, parameters.get("gpu", False))
+    plan_run(**preparation(parameters))  # bad input fails here, in one line, before Prefect starts anything
     flow_ = mine_directions if chosen is None else mine_directions.with_options(task_runner=chosen)
-    return flow_(**parameters)
+    with pipeline_server():
+        return flow_(**parameters)
 

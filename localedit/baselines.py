@@ -19,9 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch.func import jvp, vjp, vmap
+from torch.func import vjp, vmap
 
 from localedit.ddim import DEFAULT_STEPS
+from localedit.forward_ad import jvp
 from localedit.mining import DEFAULT_K, DEFAULT_T, Latent, complements_of, latent_at, region_subspaces, split_subspaces
 from localedit.models import DiffusionModel, predicted_x0
 from localedit.regions import Region

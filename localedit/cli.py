@@ -7,17 +7,37 @@ Library commands run in-process; pipeline commands hand over to the Prefect flow
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import signal
 import sys
+import threading
+import warnings
 from pathlib import Path
 
 import torch
+
+from localedit.badinput import BAD_INPUT, check_output_dir, check_output_file
 
 DEFAULT_ALPHAS = (-0.3, -0.15, 0.0, 0.15, 0.3)
 
 
 def _alphas(text: str) -> list[float]:
-    return [float(a) for a in text.split(",")]
+    """Comma-separated finite strengths (a NaN strength would write a strip of NaN images)."""
+    try:
+        alphas = [float(a) for a in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not all(math.isfinite(a) for a in alphas):
+        raise argparse.ArgumentTypeError(f"{text!r}: strengths must be finite")
+    return alphas
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in the one-line form of every other error (``localedit: error: ...``, status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"localedit: error: {message} (see {self.prog} --help)\n")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -28,6 +48,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from localedit.regions import resolve_regions
     from localedit.samples import load_image, load_samples
 
+    out = check_output_dir(args.out)
     model = load_model(args.model)
     print(f"model: {model.source} (fingerprint {model.fingerprint})")
     if args.image:
@@ -37,7 +58,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         image = images[int(factors["eye_openness"].idxmax())]
     regions = resolve_regions(args.regions, model.resolution)
     found = mine_image(model, image, regions, t=args.t, k=args.k)
-    out = Path(args.out)
     directions = {f"{r}_individual": found.individual(r)[:, 0] for r in found.regions if found.individual(r).shape[1]}
     if found.joint.shape[1]:
         directions["joint"] = found.joint[:, 0]
@@ -64,15 +84,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     target = TARGET_CHANGE if args.target is None else args.target
     if args.run:
         from flows.evaluate import evaluate_directions
+        from flows.local_server import pipeline_server
 
-        result = evaluate_directions(args.run, heldout=args.heldout, sources=args.sources, baselines=args.compare,
-                                     target=target)
+        with pipeline_server():
+            result = evaluate_directions(args.run, heldout=args.heldout, sources=args.sources,
+                                         baselines=args.compare, target=target)
         report = result["report"]
     elif args.compare:
         from localedit.evaluation import load_probe_or_note, run_comparison
         from localedit.metrics import load_lpips
         from localedit.models import load_model
 
+        check_output_dir(args.out)
         model = load_model(args.model)
         perceptual = load_lpips()
         probe, probe_note = load_probe_or_note()
@@ -160,11 +183,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from localedit.models import load_model
     from localedit.samples import load_image
 
+    out = check_output_file(args.out, ".png")
     cat = catalogue.open(args.catalogue)
     model = load_model(args.model or cat.attrs["model_source"])
     cat.check_model(model)
     images = torch.stack([load_image(path, model.resolution) for path in args.image])
-    print(f"wrote {_direction_strip(cat, model, args.direction, images, args.alphas, Path(args.out))}")
+    print(f"wrote {_direction_strip(cat, model, args.direction, images, args.alphas, out)}")
     return 0
 
 
@@ -176,6 +200,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     degrees apart, so the automatic rank finds no joint direction, yet the most shared one
     (in 15 of 24 images) is worth seeing next to the local ones.
     """
+    from flows.local_server import pipeline_server
+
+    with pipeline_server():  # one Prefect API for the mining and the evaluation
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from flows.mine import run_mining
     from localedit import catalogue
     from localedit.evaluation import STRIPS_DIR, strip_path
@@ -209,7 +240,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="localedit", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="localedit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="mine and edit one image in memory")
@@ -266,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--dask-address", default=None, help="scheduler of an existing cluster, e.g. tcp://host:8786")
     mine.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: one per core)")
     mine.add_argument("--gpu", action="store_true", help="model-heavy tasks ask Dask for a GPU worker resource")
-    mine.add_argument("--out", required=True, help="run directory (resumed if it holds a run with the same settings)")
+    mine.add_argument("--out", required=True,
+                      help="run directory (resumed if it holds a run with the same settings); strftime %%-codes "
+                           "are expanded, e.g. runs/%%Y-%%m-%%d (write %%%% for a literal %%)")
     mine.set_defaults(func=cmd_mine)
 
     cat = sub.add_parser("catalogue", help="list a run's directions")
@@ -300,17 +333,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"localedit: warning: {' '.join(str(message).split())}\n"
+
+
+def _error(err: BaseException) -> str:
+    text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else err  # KeyError's str() adds quotes
+    return f"localedit: error: {' '.join(str(text).split())}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; bad input (``BAD_INPUT``) is one line on stderr and exit status 2, never a traceback."""
     args = build_parser().parse_args(argv)
     # Prefect still records every run and task log on its server (and UI); the console shows warnings,
     # the progress bars and the summary. Set the variable yourself to see Prefect's INFO lines.
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     torch.set_grad_enabled(True)
+    warnings.formatwarning = _one_line_warning
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:  # SIGTERM stops a command like Ctrl-C (flows/stopping.py: within seconds, mid-run)
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"localedit: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("localedit: stopped; finished work is kept (rerun the same command to resume)", file=sys.stderr)
+        return 130
+    except BAD_INPUT as err:
+        print(_error(err), file=sys.stderr)
         return 2
+    except OSError as err:  # the disk or the network, not the input: one line too, but status 1
+        print(_error(err), file=sys.stderr)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

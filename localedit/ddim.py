@@ -14,7 +14,7 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler
 from tqdm.auto import tqdm
 
 from localedit.hspace import shift_h
-from localedit.models import DiffusionModel
+from localedit.models import DiffusionModel, prediction_type
 
 DEFAULT_STEPS = 50
 
@@ -71,9 +71,14 @@ def grid_timestep(model: DiffusionModel, t: int, num_steps: int = DEFAULT_STEPS)
 
 @torch.no_grad()
 def invert(model: DiffusionModel, x0: torch.Tensor, num_steps: int = DEFAULT_STEPS, progress: bool = False) -> torch.Tensor:
-    """Images in [-1, 1] -> x_T by deterministic DDIM inversion (no clipping)."""
+    """Images in [-1, 1] -> x_T by deterministic DDIM inversion (no clipping).
+
+    The first step starts from alpha_bar = 1, where a clean-image ("sample") prediction implies
+    no noise estimate (0 / 0); such models start from the schedule's first alpha_bar instead.
+    """
     _check_images(model, x0)
-    sched = DDIMInverseScheduler.from_config(model.scheduler.config, clip_sample=False)
+    sched = DDIMInverseScheduler.from_config(model.scheduler.config, clip_sample=False,
+                                             set_alpha_to_one=prediction_type(model) != "sample")
     sched.set_timesteps(num_steps)
     x = x0.to(model.device)
     for t in tqdm(sched.timesteps, desc="invert", disable=not progress, leave=False):

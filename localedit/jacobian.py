@@ -18,9 +18,10 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch.func import jvp, vjp, vmap
+from torch.func import vjp, vmap
 from tqdm.auto import tqdm
 
+from localedit.forward_ad import jvp
 from localedit.hspace import HState, decode
 from localedit.models import DiffusionModel, prediction_type
 from localedit.parameterisation import noise_gain

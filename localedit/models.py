@@ -1,7 +1,11 @@
 """Load a pixel-space DDPM (hub id, local diffusers folder, or the bundled default).
 
-Every loaded model carries a fingerprint (hash of its config and weights) so that directions
-mined on one model are never silently applied to another.
+Every loaded model carries a fingerprint (hash of everything that changes the sampler's
+numbers: the U-Net's config and weights and the scheduler's config) so that directions mined
+on one model, or under one noise schedule or parameterisation, are never silently applied to
+another. A model folder must say what its U-Net predicts: one without a readable scheduler
+config is refused, never given a default (a velocity model read as a noise model inverts to
+garbage without any error).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor
 
-from localedit.parameterisation import check_prediction_type, to_x0
+from localedit.parameterisation import check_prediction_type, noise_gain, to_x0
 from localedit.paths import DATA_DIR
 
 BUNDLED_MODEL_DIR = DATA_DIR / "models" / "faces-32"
@@ -36,7 +40,41 @@ class DiffusionModel:
 
     @property
     def resolution(self) -> int:
-        return int(self.unet.config.sample_size)
+        return square_size(self.unet.config.sample_size)
+
+
+def square_size(sample_size) -> int:
+    """The side of a square model's images: ``sample_size`` is an int or (height, width) in diffusers."""
+    if isinstance(sample_size, (list, tuple)) and len(sample_size) == 2 and all(isinstance(v, int) for v in sample_size):
+        if sample_size[0] != sample_size[1]:
+            raise ValueError(f"non-square models ({sample_size[0]}x{sample_size[1]}) are not supported")
+        sample_size = sample_size[0]
+    if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 1:
+        raise ValueError(f"the U-Net's sample_size {sample_size!r} is not an image size")
+    return sample_size
+
+
+def check_unet(unet: UNet2DModel) -> None:
+    """Refuse U-Nets this product cannot drive: non-square, latent-space or class-conditional ones."""
+    config = unet.config
+    square_size(config.sample_size)
+    if config.in_channels != config.out_channels:
+        raise ValueError(f"the U-Net reads {config.in_channels} channels but predicts {config.out_channels}; "
+                         f"a pixel-space DDPM predicts as many as it reads")
+    if config.get("num_class_embeds") is not None or config.get("class_embed_type") is not None:
+        raise ValueError("class-conditional U-Nets (num_class_embeds / class_embed_type) are not supported")
+
+
+def check_scheduler(scheduler: DDPMScheduler) -> None:
+    """Refuse a schedule under which the U-Net's output does not convert to finite x0 and noise at every t
+    (e.g. a noise-predicting model with zero terminal SNR, or a clean-image one with alpha_bar = 1)."""
+    kind = check_prediction_type(scheduler.config.get("prediction_type", "epsilon"))
+    alpha_bar = scheduler.alphas_cumprod.double()
+    one = torch.ones_like(alpha_bar)
+    if not (torch.isfinite(to_x0(kind, one, one, alpha_bar)).all() and torch.isfinite(noise_gain(kind, alpha_bar)).all()
+            and ((alpha_bar >= 0) & (alpha_bar <= 1)).all()):
+        raise ValueError(f"the scheduler's noise schedule (alpha_bar from {float(alpha_bar[0]):.3g} to "
+                         f"{float(alpha_bar[-1]):.3g}) does not invert a {kind!r} prediction to finite values")
 
 
 def prediction_type(model: DiffusionModel) -> str:
@@ -64,32 +102,79 @@ def use_classic_attention(unet: torch.nn.Module) -> None:
             module.set_processor(AttnProcessor())
 
 
-def fingerprint(unet: UNet2DModel) -> str:
-    """sha256 over the config and every weight, in a fixed order; 16 hex digits."""
+def fingerprint(unet: UNet2DModel, scheduler: DDPMScheduler) -> str:
+    """sha256 over the U-Net config, every weight (in a fixed order) and the scheduler config; 16 hex digits."""
     digest = hashlib.sha256()
-    config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for config in (unet.config, scheduler.config):
+        public = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+        digest.update(json.dumps(public, sort_keys=True, default=str).encode())
     for name, tensor in sorted(unet.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
-def _load_scheduler(source: str, local: bool) -> DDPMScheduler:
+SCHEDULER_FILES = ("scheduler_config.json", "scheduler/scheduler_config.json")
+
+
+def _local_scheduler(folder: Path) -> DDPMScheduler:
+    """The scheduler a local diffusers folder declares; missing or unreadable config files are errors."""
+    found = [folder / name for name in SCHEDULER_FILES if (folder / name).is_file()]
+    if not found:
+        raise ValueError(f"model folder {folder} has no {' or '.join(SCHEDULER_FILES)}: without it the product "
+                         f"cannot know what the U-Net predicts (noise, clean image or velocity) nor its noise "
+                         f"schedule; add the scheduler config the model was trained with")
+    try:
+        config = json.loads(found[0].read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read the scheduler config {found[0]}: {err}") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"the scheduler config {found[0]} is not a JSON object")
+    return _scheduler(config, str(found[0]))
+
+
+def _scheduler(config: dict, where: str) -> DDPMScheduler:
+    try:
+        scheduler = DDPMScheduler.from_config(config)
+    except (TypeError, ValueError, NotImplementedError, KeyError) as err:
+        raise ValueError(f"the scheduler config {where} is not usable: {err}") from err
+    try:
+        check_scheduler(scheduler)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+    return scheduler
+
+
+def _hub_scheduler(source: str) -> DDPMScheduler:
     for subfolder in (None, "scheduler"):
         try:
-            return DDPMScheduler.from_pretrained(source, subfolder=subfolder, local_files_only=local)
-        except (OSError, ValueError):
+            return _scheduler(dict(DDPMScheduler.load_config(source, subfolder=subfolder)), f"{source} (hub)")
+        except (OSError, EnvironmentError):
             continue
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    raise ValueError(f"hub model {source!r} has no scheduler config; the product cannot know what its U-Net predicts")
 
 
 def from_unet(unet: UNet2DModel, scheduler: DDPMScheduler | None = None, source: str = "in-memory") -> DiffusionModel:
-    """Wrap an in-memory U-Net (tests, training) the same way a loaded one is wrapped."""
+    """Wrap an in-memory U-Net (tests, training) the same way a loaded one is wrapped (default: a linear
+    1000-step noise-predicting schedule). Raises ValueError on U-Nets or schedules the product cannot drive."""
+    check_unet(unet)
+    scheduler = scheduler or DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    check_scheduler(scheduler)
     unet.eval().requires_grad_(False)
     use_classic_attention(unet)
-    scheduler = scheduler or DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-    return DiffusionModel(unet, scheduler, fingerprint(unet), source)
+    return DiffusionModel(unet, scheduler, fingerprint(unet, scheduler), source)
+
+
+def save_model(model: DiffusionModel, folder: str | Path) -> Path:
+    """Write a diffusers folder (U-Net weights and config, scheduler config) that ``load_model`` reads back
+    with the same fingerprint."""
+    model.unet.save_pretrained(folder)
+    model.scheduler.save_pretrained(folder)
+    return Path(folder)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 def load_model(source: str | Path | None = None, device: str | torch.device | None = None) -> DiffusionModel:
@@ -107,14 +192,23 @@ def load_model(source: str | Path | None = None, device: str | torch.device | No
     local = Path(source).exists()
     if not local and (str(source).startswith((".", "/")) or str(source).count("/") != 1):
         raise FileNotFoundError(f"{source!r} is neither a local diffusers folder nor a hub id (owner/name)")
+    if local and not Path(source).is_dir():
+        raise ValueError(f"model {source} is a file; give a diffusers model folder (config.json, weights, "
+                         f"scheduler_config.json)")
+    scheduler = _local_scheduler(Path(source)) if local else None  # checked first: it is cheap
     try:
         try:
             unet = UNet2DModel.from_pretrained(str(source), local_files_only=local, low_cpu_mem_usage=False)
         except (OSError, EnvironmentError):
             unet = UNet2DModel.from_pretrained(str(source), subfolder="unet", local_files_only=local, low_cpu_mem_usage=False)
-    except OSError as err:
-        hint = "" if local else " (hub ids need network access or a cached copy)"
-        raise OSError(f"could not load a UNet2DModel from {source!r}{hint}: {err}") from err
-    model = from_unet(unet, _load_scheduler(str(source), local), str(source))
+    except Exception as err:  # noqa: BLE001 -- diffusers and safetensors raise many types for a bad folder
+        if local:  # the folder is what is wrong (missing or truncated weights, garbled config): bad input
+            raise ValueError(f"cannot load a UNet2DModel from model folder {source}: {_one_line(err)}") from err
+        raise OSError(f"could not load a UNet2DModel from {source!r} (hub ids need network access or a cached "
+                      f"copy): {_one_line(err)}") from err
+    try:
+        model = from_unet(unet, scheduler or _hub_scheduler(str(source)), str(source))
+    except ValueError as err:
+        raise ValueError(f"model {source}: {err}") from err
     model.unet.to(select_device(str(device) if device else None))
     return model

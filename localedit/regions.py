@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from localedit.imagefile import load_mask
 from localedit.paths import DATA_DIR
-from localedit.samples import read_pixels
 
 PRESETS = DATA_DIR / "regions.json"
 
@@ -91,26 +91,28 @@ def box(name: str, top, left, bottom, right, size: int, relative: bool = False) 
 
 
 def from_mask_image(name: str, path: str | Path, size: int) -> Region:
-    """Region from a binary mask PNG (white = inside), which must already be size x size."""
+    """Region from a binary mask image (white = inside, or opaque on transparent), already size x size."""
     try:
-        gray = read_pixels(path, "L", size, what="mask image")
+        return Region(name, load_mask(path, size))
     except ValueError as err:
         raise ValueError(f"region {name!r}: {err}") from err
-    if not np.isin(gray, (0, 255)).all():
-        raise ValueError(f"region {name!r}: mask {path} is not binary; use only black (0) and white (255)")
-    return Region(name, torch.from_numpy(gray == 255).float())
 
 
 def load_presets(path: str | Path | None = None) -> dict[str, dict]:
     """Region entries of a regions JSON file (default: the bundled ``data/regions.json``)."""
     path = Path(path) if path is not None else PRESETS
-    data = json.loads(path.read_text())
-    if not isinstance(data.get("regions"), dict):
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read regions file {path}: {err}") from err
+    if not isinstance(data, dict) or not isinstance(data.get("regions"), dict):
         raise ValueError(f"{path}: expected an object with a 'regions' mapping")
     return data["regions"]
 
 
 def _from_entry(name: str, entry: dict, size: int, base_dir: Path) -> Region:
+    if not isinstance(entry, dict):
+        raise ValueError(f"region {name!r}: expected an object with 'box' or 'mask', got {entry!r}")
     unknown = set(entry) - {"box", "relative", "mask", "description"}
     if unknown:
         raise ValueError(f"region {name!r}: unknown keys {sorted(unknown)}")

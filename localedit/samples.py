@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from localedit.imagefile import load_image  # noqa: F401  (the reader, also imported from here)
 from localedit.paths import DATA_DIR
 from localedit.synthetic import CLOSED_EYE, render, sample_factors
 
@@ -69,26 +70,6 @@ def write_samples(
     rows.insert(0, "file", files)
     rows.to_csv(out_dir / "factors.csv", index=False)
     return rows
-
-
-def read_pixels(path: str | Path, mode: str, size: int, what: str = "image") -> np.ndarray:
-    """A size x size image file as a uint8 array in PIL ``mode``; unreadable or wrong-size files are errors,
-    never silently resized."""
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            pixels = np.asarray(img.convert(mode))
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {what} {path}: {err}") from err
-    h, w = pixels.shape[:2]
-    if (h, w) != (size, size):
-        raise ValueError(f"{what} {path} is {w}x{h} pixels; expected {size}x{size}")
-    return pixels
-
-
-def load_image(path: str | Path, size: int) -> torch.Tensor:
-    """An RGB image as a (3, size, size) float tensor in [0, 1]."""
-    return torch.from_numpy(read_pixels(path, "RGB", size).copy()).permute(2, 0, 1).float() / 255
 
 
 def load_samples(split: str | None = None, root: str | Path = SAMPLES_DIR) -> tuple[torch.Tensor, pd.DataFrame]:

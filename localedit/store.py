@@ -6,7 +6,12 @@ appended. A task's completion mark (its wall time in seconds; NaN until done) is
 its chunks, so a run killed at any point leaves at worst an unmarked chunk, which the next run
 recomputes; Zarr's local store writes each chunk to a temporary name and renames it, so no
 chunk is half-written either. The store itself is built under a temporary name and renamed
-into place, so a failed start leaves nothing behind.
+into place, so a failed start leaves nothing behind. Nothing non-finite is ever written: a NaN
+latent or basis fails its task instead of being marked done and read by every later task.
+
+One run at a time writes a run directory: ``run_lock`` holds an exclusive lock on
+``.localedit-run.lock`` (with the owner's pid) for the run's lifetime; a second run on the
+same folder is refused, and only the holder removes temporary chunk files a killed writer left.
 
 Every array carries ``dimension_names``: ``xarray.open_zarr(run_dir / "store.zarr",
 consolidated=False)`` reads the whole run as a Dataset.
@@ -14,10 +19,14 @@ consolidated=False)`` reads the whole run as a Dataset.
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import shutil
+import socket
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +40,7 @@ from localedit.mining import Split, complement_name, complements_of
 from localedit.regions import Region
 
 STORE_NAME = "store.zarr"
+LOCK_NAME = ".localedit-run.lock"
 FORMAT = "localedit-run/1"
 SUBSPACE_STATS = ("iterations", "residual", "converged")
 
@@ -113,9 +123,41 @@ def _layout(config: RunConfig) -> dict[str, tuple[tuple[int, ...], tuple[int, ..
     }
 
 
-def _padded(columns: torch.Tensor, k: int) -> np.ndarray:
-    """(d, r) or (r,) with r <= k -> zero-padded to k along the last axis."""
-    a = columns.detach().to("cpu", torch.float32).numpy()
+@contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold ``run_dir``'s run lock, or raise ValueError naming the run that holds it.
+
+    An ``flock``: the kernel releases it when its holder dies, even by ``kill -9``, so a lock
+    is never stale. The file keeps the holder's pid and host for the message.
+    """
+    path = Path(run_dir) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise ValueError(f"{run_dir} is being written by another run (process {owner}); wait for it to "
+                             f"finish or choose another output directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _finite(name: str, value: torch.Tensor) -> np.ndarray:
+    """float32 numpy copy of ``value``; ValueError if any entry is NaN or infinite (never stored, never marked)."""
+    a = value.detach().to("cpu", torch.float32).numpy()
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} has {int((~np.isfinite(a)).sum())} non-finite values; nothing was stored "
+                         f"(the model or its schedule produced NaN or infinity)")
+    return a
+
+
+def _padded(columns: torch.Tensor, k: int, name: str) -> np.ndarray:
+    """(d, r) or (r,) with r <= k -> zero-padded to k along the last axis; ValueError if not finite."""
+    a = _finite(name, columns)
     pad = [(0, 0)] * (a.ndim - 1) + [(0, k - a.shape[-1])]
     return np.pad(a, pad)
 
@@ -180,14 +222,21 @@ class RunStore:
         if not (Path(run_dir) / STORE_NAME).exists():
             return cls.create(run_dir, config, masks, images, x_T)
         store = cls(run_dir)
-        diff = store.config.differences(config)
-        if diff:
-            raise ValueError(f"{store.path} holds a run with other settings ({'; '.join(diff)}); "
-                             f"resume it with the same settings or choose another output directory")
-        # A killed writer can leave Zarr's temporary chunk files behind; they are never read.
-        for partial in store.path.rglob("*.partial"):
-            partial.unlink()
+        store.check_resumable(config)
         return store
+
+    def check_resumable(self, config: RunConfig) -> None:
+        """ValueError unless this run was created with ``config`` (where the model was loaded from may differ)."""
+        diff = self.config.differences(config)
+        if diff:
+            raise ValueError(f"{self.path} holds a run with other settings ({'; '.join(diff)}); "
+                             f"resume it with the same settings or choose another output directory")
+
+    def discard_partials(self) -> None:
+        """Remove the temporary chunk files a killed writer left (they are never read). Only the holder
+        of ``run_lock`` may call this: another run's in-flight chunks look the same."""
+        for partial in self.path.rglob("*.partial"):
+            partial.unlink(missing_ok=True)
 
     # -- regions and inputs -------------------------------------------------------------------
 
@@ -208,8 +257,10 @@ class RunStore:
 
     def block_region(self, block: str) -> Region:
         """The mask of a subspace block: a region, or a region's complement."""
-        regions = self.regions
-        return (regions + complements_of(regions, self.config.resolution))[self.block_index(block)]
+        index, regions = self.block_index(block), self.regions
+        if index < len(regions):  # a paper-mode run has no complements (a whole-image region is fine there)
+            return regions[index]
+        return complements_of(regions, self.config.resolution)[index - len(regions)]
 
     def _tensor(self, name: str, *index) -> torch.Tensor:
         return torch.from_numpy(np.asarray(self.group[name][index]))
@@ -253,16 +304,17 @@ class RunStore:
 
     def write_latent(self, i: int, x_T: torch.Tensor, x_t: torch.Tensor, seconds: float,
                      image: torch.Tensor | None = None) -> None:
+        values = {"x_T": _finite(f"the latent x_T of image {i}", x_T), "x_t": _finite(f"the latent x_t of image {i}", x_t)}
         if image is not None:
-            self.group["images"][i] = image.detach().to("cpu", torch.float32).numpy()
-        self.group["x_T"][i] = x_T.detach().to("cpu", torch.float32).numpy()
-        self.group["x_t"][i] = x_t.detach().to("cpu", torch.float32).numpy()
+            values["images"] = _finite(f"the sampled image {i}", image)
+        for name, value in values.items():
+            self.group[name][i] = value
         self._mark("done_latent", seconds, i)
 
     def write_subspace(self, i: int, region: str, subspace: Subspace, seconds: float) -> None:
-        a = self.block_index(region)
-        self.group["subspace_basis"][i, a] = _padded(subspace.basis, self.config.k)
-        self.group["subspace_singular_values"][i, a] = _padded(subspace.singular_values, self.config.k)
+        a, what = self.block_index(region), f"the {region} subspace of image {i}"
+        self.group["subspace_basis"][i, a] = _padded(subspace.basis, self.config.k, what)
+        self.group["subspace_singular_values"][i, a] = _padded(subspace.singular_values, self.config.k, what)
         self.group["subspace_stats"][i, a] = np.array(
             [subspace.iterations, subspace.residual, float(subspace.converged)], dtype=np.float32)
         self._mark("done_subspace", seconds, i, a)
@@ -273,13 +325,13 @@ class RunStore:
         return self._tensor("subspace_basis", i, a), self._tensor("subspace_singular_values", i, a)
 
     def write_split(self, i: int, split: Split, seconds: float) -> None:
-        k = self.config.k
-        self.group["joint_basis"][i] = _padded(split.joint, k)
-        self.group["joint_singular_values"][i] = _padded(split.joint_singular_values, k)
+        k, what = self.config.k, f"the JIVE split of image {i}"
+        self.group["joint_basis"][i] = _padded(split.joint, k, what)
+        self.group["joint_singular_values"][i] = _padded(split.joint_singular_values, k, what)
         self.group["joint_rank"][i] = split.joint.shape[1]
         for a, (basis, sv) in enumerate(zip(split.individual, split.individual_singular_values)):
-            self.group["individual_basis"][i, a] = _padded(basis, k)
-            self.group["individual_singular_values"][i, a] = _padded(sv, k)
+            self.group["individual_basis"][i, a] = _padded(basis, k, what)
+            self.group["individual_singular_values"][i, a] = _padded(sv, k, what)
             self.group["individual_rank"][i, a] = basis.shape[1]
         self._mark("done_split", seconds, i)
 

@@ -11,10 +11,11 @@ import time
 
 from prefect import task
 
+from localedit import forward_ad
 from localedit.ddim import denoise
 from localedit.mining import Latent, latent_at, region_subspaces, split_subspaces
 from localedit.store import RunStore
-from tasks.runtime import GPU_TASK_OPTIONS, TASK_OPTIONS, cached_model, jacobian_slot, use_thread_share
+from tasks.runtime import GPU_TASK_OPTIONS, TASK_OPTIONS, cached_model, use_thread_share
 
 SKIPPED = {"status": "skipped", "seconds": 0.0}
 
@@ -56,7 +57,7 @@ def region_subspace(run_dir: str, index: int, region: str) -> dict:
     config = store.config
     model = cached_model(config.model_source, config.model_fingerprint)
     latent = Latent(store.x_T(index)[None], store.x_t(index)[None].to(model.device), config.t)
-    with jacobian_slot():
+    with forward_ad.exclusive():  # the shared U-Net's h hooks, and forward AD, one thread at a time
         start = time.perf_counter()
         [subspace] = region_subspaces(model, latent, [store.block_region(region)], config.k)
     store.write_subspace(index, region, subspace, time.perf_counter() - start)

@@ -1,32 +1,53 @@
-"""Check a mining run's inputs and create (or reopen) its store: bad input fails here, before anything is written."""
+"""Check a mining run's inputs and create (or reopen) its store: bad input fails here, before anything is written.
+
+``plan_run`` makes every check that can be made before a run and writes nothing; ``localedit
+mine`` calls it before Prefect starts, so bad input is one line on the command line, and the
+``prepare-run`` task calls it again (deployments start there) before it creates the store.
+"""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 from prefect import task
 
-from localedit.mining import complements_of
+from localedit.badinput import check_output_dir
 from localedit.ddim import grid_timestep
 from localedit.hspace import h_shape
 from localedit.jive import JIVE
+from localedit.mining import complements_of
 from localedit.regions import resolve_regions
 from localedit.samples import SAMPLES_DIR, load_image, load_samples
-from localedit.store import RunConfig, RunStore
+from localedit.store import STORE_NAME, RunConfig, RunStore
 from tasks.runtime import TASK_OPTIONS, cached_model
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+class SkippedFilesWarning(UserWarning):
+    """Files of an --images folder that are not mined (hidden files, other suffixes)."""
 
 
 def image_files(images: str) -> list[Path]:
-    """The image files of a folder, in name order; ``"bundled"`` names the bundled mining split."""
+    """The image files of a folder, in name order; ``"bundled"`` names the bundled mining split.
+
+    Hidden files (``.DS_Store``, macOS's ``._x.png`` resource forks) and files without an image
+    suffix are skipped with a ``SkippedFilesWarning`` naming them.
+    """
     if images == "bundled":
         return [SAMPLES_DIR / name for name in load_samples("mine")[1]["file"]]
     folder = Path(images)
     if not folder.is_dir():
         raise ValueError(f"--images must be a folder of images or 'bundled'; {folder} is not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    entries = sorted(p for p in folder.iterdir() if p.is_file())
+    files = [p for p in entries if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES]
+    skipped = [p.name for p in entries if p not in files]
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        warnings.warn(f"skipped {len(skipped)} hidden or non-image file(s) in {folder}: {shown}",
+                      SkippedFilesWarning, stacklevel=2)
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return files
@@ -39,10 +60,11 @@ def _check_jive(jive: dict, k: int, n_regions: int) -> None:
     JIVE(**jive).fit(bases, [torch.ones(k)] * n_regions)
 
 
-@task(name="prepare-run", **TASK_OPTIONS)
-def prepare_run(out: str, model: str, images: str | None, samples: int | None, seed: int, regions: str,
-                t: int, k: int, num_steps: int, jive: dict, complements: bool = True) -> dict:
-    """Validate everything, then open the run store; returns its directory, image count, region and block names."""
+def plan_run(out: str, model: str, images: str | None, samples: int | None, seed: int, regions: str,
+             t: int, k: int, num_steps: int, jive: dict, complements: bool = True) -> dict:
+    """Every check that can be made before a run; writes nothing. Returns the store's inputs
+    (``config``, ``masks``, ``pixels``, ``x_T``); raises one of ``BAD_INPUT`` on bad input."""
+    check_output_dir(out)
     if (images is None) == (samples is None):
         raise ValueError("give exactly one of images (a folder, or 'bundled') or samples (a count)")
     loaded = cached_model(model)
@@ -75,7 +97,18 @@ def prepare_run(out: str, model: str, images: str | None, samples: int | None, s
         image_sources=tuple(sources), t=grid_timestep(loaded, t, num_steps), k=k, num_steps=num_steps,
         seed=seed, jive=jive, complements=complements,
     )
-    masks = torch.stack([r.mask for r in region_list])
-    store = RunStore.open_or_create(out, config, masks, pixels, x_T)
-    return {"run_dir": str(store.run_dir), "images": len(ids), "regions": list(config.regions),
+    if (Path(out) / STORE_NAME).exists():
+        RunStore(out).check_resumable(config)
+    return {"config": config, "masks": torch.stack([r.mask for r in region_list]), "pixels": pixels, "x_T": x_T}
+
+
+@task(name="prepare-run", **TASK_OPTIONS)
+def prepare_run(out: str, model: str, images: str | None, samples: int | None, seed: int, regions: str,
+                t: int, k: int, num_steps: int, jive: dict, complements: bool = True) -> dict:
+    """Check everything (``plan_run``), then open the run store; returns its directory, image count, region
+    and block names."""
+    plan = plan_run(out, model, images, samples, seed, regions, t, k, num_steps, jive, complements)
+    config = plan["config"]
+    store = RunStore.open_or_create(out, config, plan["masks"], plan["pixels"], plan["x_T"])
+    return {"run_dir": str(store.run_dir), "images": len(config.images), "regions": list(config.regions),
             "blocks": list(config.blocks), "run_id": store.run_id}

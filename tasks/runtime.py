@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import distributed
 import torch
@@ -13,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
+from localedit.badinput import BAD_INPUT
 from localedit.models import DiffusionModel, load_model
 
 # Cores a process may use: set it for Dask workers that share a machine (our LocalCluster does).
@@ -44,7 +43,7 @@ def transient(task, task_run, state) -> bool:
     """Retry crashes and runtime errors (out of memory, I/O), never bad input: it would fail again."""
     try:
         state.result()
-    except (ValueError, KeyError, TypeError, FileNotFoundError):
+    except BAD_INPUT:
         return False
     except Exception:
         return True
@@ -66,20 +65,6 @@ def wait_all(futures, desc: str, progress: bool = True) -> None:
 # Completion is tracked by the run store's marks, so Prefect's input-hash cache stays off.
 TASK_OPTIONS = dict(retries=2, retry_delay_seconds=2, retry_condition_fn=transient, cache_policy=NO_CACHE)
 GPU_TASK_OPTIONS = dict(TASK_OPTIONS, tags=["gpu"])
-
-_jacobian_lock = threading.Lock()
-
-
-@contextmanager
-def jacobian_slot() -> Iterator[None]:
-    """Take Jacobians one at a time per process.
-
-    PyTorch's forward-mode AD levels are process-global: two threads inside torch.func.jvp
-    corrupt each other ("invalid forward AD level"). (Task bodies reach the lock through this
-    function: Dask pickles them by value, and a lock does not pickle.)
-    """
-    with _jacobian_lock:
-        yield
 
 _lock = threading.Lock()
 _cached: dict[str, DiffusionModel] = {}

@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import task
 
 from localedit.model_card import loss_curve, measure, sample_grid, write_card
-from localedit.models import load_model
+from localedit.models import load_model, save_model
 from localedit.probe import load_probe
 from localedit.training import TrainConfig, load_loss_log, train
 
@@ -27,8 +27,7 @@ def publish_model(trained: dict, config: dict, work_dir: str, out_dir: str, qual
     """Copy the EMA weights to out_dir with figures, measured quality and a model card."""
     out = Path(out_dir)
     model = load_model(trained["model_dir"])
-    model.unet.save_pretrained(out)
-    model.scheduler.save_pretrained(out)
+    save_model(model, out)
     model = load_model(out)
     loss_curve(load_loss_log(work_dir), out / "loss_curve.png", config["prediction_type"])
     sample_grid(model, out / "samples.png")

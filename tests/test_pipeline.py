@@ -29,7 +29,7 @@ from flows.local_server import loopback_server
 from flows.mine import mine_directions, run_mining
 from localedit import catalogue
 from localedit.cli import main
-from localedit.models import load_model
+from localedit.models import from_unet, load_model, save_model
 from localedit.store import STORE_NAME, RunStore
 from tests.conftest import tiny_unet
 
@@ -43,8 +43,8 @@ CLI_SETTINGS = ["--samples", "6", "--k", "3", "--num-steps", "10", "--regions", 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    tiny_unet(seed=0).save_pretrained(root / "tiny")
-    tiny_unet(seed=1).save_pretrained(root / "other")
+    save_model(from_unet(tiny_unet(seed=0)), root / "tiny")
+    save_model(from_unet(tiny_unet(seed=1)), root / "other")
     return {"tiny": str(root / "tiny"), "other": str(root / "other")}
 
 

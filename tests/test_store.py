@@ -1,6 +1,7 @@
 """The run store: layout readable by xarray, one writer per chunk, marks after chunks, atomic creation."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import xarray as xr
 from localedit.jacobian import Subspace
 from localedit.jive import JIVE
 from localedit.mining import Split
-from localedit.store import STORE_NAME, RunConfig, RunStore
+from localedit.store import STORE_NAME, RunConfig, RunStore, run_lock
 
 
 def small_config(n: int = 3, k: int = 2, **changes) -> RunConfig:
@@ -125,12 +126,44 @@ def test_resume_needs_equal_settings(store):
         RunStore.create(store.run_dir, config, box_masks(config))
 
 
-def test_resume_removes_temporary_chunks_of_a_killed_writer(store):
+def test_only_the_run_lock_holder_removes_temporary_chunks(store):
+    """Reopening a store removes nothing (the file may be a concurrent writer's in-flight chunk); the holder of
+    the run lock does, and a second run on the folder is refused while the lock is held."""
     leftover = store.path / "subspace_basis" / "c" / "0" / "0.1234.partial"
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"half")
     RunStore.open_or_create(store.run_dir, store.config, box_masks(store.config))
+    assert leftover.exists()
+    with run_lock(store.run_dir):
+        with pytest.raises(ValueError, match=rf"being written by another run \(process {os.getpid()}@"):
+            with run_lock(store.run_dir):
+                pass
+        store.discard_partials()
     assert not leftover.exists()
+    with run_lock(store.run_dir):  # released when its holder leaves (or dies: it is an flock)
+        pass
+
+
+def test_non_finite_results_are_never_stored_or_marked(store):
+    """A NaN latent fails its task: nothing is written, nothing is marked, so no later task reads it."""
+    x, x_t = torch.zeros(3, 8, 8), torch.zeros(3, 8, 8)
+    x_t[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="the latent x_t of image 1 has 1 non-finite values"):
+        store.write_latent(1, x, x_t, 1.0)
+    assert not store.latent_done(1) and np.isfinite(store.group["x_T"][1]).all() and (store.group["x_T"][1] != 0).any()
+    bad = Subspace(torch.full((16, 2), float("inf")), torch.ones(2), 1, 0.0, True, 0.1)
+    with pytest.raises(ValueError, match="the eyes subspace of image 0 has 32 non-finite values"):
+        store.write_subspace(0, "eyes", bad, 1.0)
+    assert not store.subspace_done(0, "eyes")
+
+
+def test_paper_mode_needs_no_complement_of_a_whole_image_region(tmp_path):
+    """Case rgba-mask-and-whole-region (2): without complement blocks, a whole-image region is a usable block."""
+    config = small_config(complements=False)
+    masks = box_masks(config)
+    masks[0] = 1
+    store = RunStore.create(tmp_path / "run", config, masks)
+    assert store.block_region("eyes").pixels == 64 and store.block_region("mouth").pixels == 12
 
 
 def test_wrong_input_shapes_are_refused_before_writing(tmp_path):

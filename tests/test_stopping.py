@@ -1,0 +1,115 @@
+"""A person can stop a run (issue 15, kind 5): a signal ends `localedit mine` within seconds, nothing it
+started outlives it (not even after kill -9), and a rerun resumes to the result of an uninterrupted run.
+
+The command runs as a separate process with no PREFECT_API_URL, as a user runs it, so it starts its own
+temporary Prefect server. Its complement subspace tasks are made to hang (as a minutes-long task on a
+256-px model does): before the fix, SIGTERM left the process waiting for them.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from localedit import catalogue
+from localedit.models import from_unet, save_model
+from localedit.store import RunStore
+from tests.conftest import tiny_unet
+
+REPO = Path(__file__).resolve().parent.parent
+SETTINGS = ["--samples", "2", "--k", "2", "--num-steps", "10", "--regions", "eyes,mouth", "--joint-rank", "1",
+            "--min-support", "1"]
+HANGING = """
+import sys, time
+import tasks.mine
+real = tasks.mine.region_subspaces
+def hanging(model, latent, regions, k):
+    if regions[0].name.startswith("not_"):
+        time.sleep(3600)
+    return real(model, latent, regions, k)
+tasks.mine.region_subspaces = hanging
+from localedit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stopping")
+    model = save_model(from_unet(tiny_unet(seed=0)), root / "tiny")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    environ.update(PREFECT_HOME=str(root / "prefect-home"), PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1",
+                   LOCALEDIT_TASK_SLOTS="2", OMP_NUM_THREADS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    return {"model": str(model), "env": environ}
+
+
+def _mine(env, out, *, hanging=False) -> subprocess.Popen:
+    code = ["-c", HANGING] if hanging else ["-m", "localedit.cli"]
+    return subprocess.Popen([sys.executable, *code, "mine", "--model", env["model"], *SETTINGS, "--out", str(out)],
+                            cwd=REPO, env=env["env"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_mid_run(proc, out) -> list[psutil.Process]:
+    """Wait until some subspaces are marked (the rest hang); return the processes the run started."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        if (out / "store.zarr" / "zarr.json").exists() and RunStore(out).progress()["subspace"][0] >= 1:
+            children = psutil.Process(proc.pid).children(recursive=True)
+            assert any("prefect" in " ".join(c.cmdline()) for c in children), "no temporary Prefect server"
+            return children
+        time.sleep(0.2)
+    raise AssertionError("the run did not get going")
+
+
+def test_sigterm_stops_mid_run_leaves_no_server_and_resumes(env, tmp_path):
+    out = tmp_path / "run"
+    proc = _mine(env, out, hanging=True)
+    try:
+        children = _wait_mid_run(proc, out)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=120)  # a deadline, not a timing: the hanging tasks sleep for an hour
+        except subprocess.TimeoutExpired:
+            pytest.fail("SIGTERM did not stop the run")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc in (130, 128 + signal.SIGTERM), rc
+    assert "localedit: stopped" in proc.stderr.read()
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"left running: {[c.cmdline() for c in alive]}"
+    store = RunStore(out)
+    done, total = store.progress()["subspace"]
+    assert 1 <= done < total
+    for i in range(2):  # what is marked is whole
+        for block in store.config.blocks:
+            if store.subspace_done(i, block):
+                basis, _ = store.subspace(i, block)
+                torch.testing.assert_close(basis.T @ basis, torch.eye(2), atol=1e-4, rtol=0)
+
+    for run_dir in (out, tmp_path / "reference"):  # resumed, then uninterrupted
+        proc = _mine(env, run_dir)
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    a, b = catalogue.open(out), catalogue.open(tmp_path / "reference")
+    assert list(a.frame["id"]) == list(b.frame["id"])
+    for direction in a.frame["id"]:
+        torch.testing.assert_close(a.vector(direction), b.vector(direction), atol=1e-6, rtol=0)
+
+
+def test_kill_9_leaves_no_server_behind(env, tmp_path):
+    out = tmp_path / "run"
+    proc = _mine(env, out, hanging=True)
+    try:
+        children = _wait_mid_run(proc, out)
+    finally:
+        proc.kill()
+        proc.wait()
+    _, alive = psutil.wait_procs(children, timeout=60)
+    assert not alive, f"orphans: {[c.cmdline() for c in alive]}"
