@@ -19,7 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.stopping import stoppable
 from localedit.evaluation import TARGET_CHANGE, strip_path
 from localedit.samples import SAMPLES_DIR
-from tasks.evaluate import (baseline_directions, catalogue_directions, match_task, prepare_evaluation, publish,
+from tasks.evaluate import (baseline_directions, catalogue_directions, match_task, prepare_evaluation, publish, reference_task,
                             score_task, source_index, sweep_task)
 from tasks.runtime import local_slots, wait_all
 
@@ -45,6 +45,8 @@ def evaluate_directions(run_dir: str, heldout: int = 16, sources: int = 4, basel
     start = time.perf_counter()
     plan = prepare_evaluation(run_dir, heldout, sources, target, samples)
     directions = catalogue_directions(run_dir, max_rank)
+    references = reference_task(plan)
+    directions += references
     n_source, n_heldout = len(plan["source"].keys), len(plan["heldout"].keys)
     if baselines:
         found = [baseline_directions.submit(plan, i) for i in range(n_source)]
@@ -62,6 +64,7 @@ def evaluate_directions(run_dir: str, heldout: int = 16, sources: int = 4, basel
     wait_all([*matches, *scored], "evaluation", progress)
     frames = [m.result()["rows"] for m in matches] + [f.result() for f in scored]
     settings = {**plan["settings"], "baselines": baselines, "max_rank": max_rank,
+                "reference_methods": [d.method for d in references],
                 "seconds": round(time.perf_counter() - start, 1)}
     result = publish(run_dir, frames, settings)
     print(f"evaluated {len(directions)} directions on {n_heldout} held-out images: {result['report']}")

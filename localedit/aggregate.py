@@ -35,7 +35,7 @@ class Consensus:
     n_images: int
 
 
-def _fix_signs(u: torch.Tensor) -> torch.Tensor:
+def fix_signs(u: torch.Tensor) -> torch.Tensor:
     """SVD signs are arbitrary; make each column's largest-magnitude entry positive so runs agree."""
     peak = u.gather(0, u.abs().argmax(0, keepdim=True))
     return u * torch.where(peak < 0, -1.0, 1.0).to(u.dtype)
@@ -73,7 +73,7 @@ def consensus(bases: Sequence[torch.Tensor], singular_values: Sequence[torch.Ten
     support = (cos2 >= threshold).sum(0)
     chosen = torch.nonzero(support >= min_support).flatten()[:max_directions]
     return Consensus(
-        _fix_signs(u[:, chosen]).float(),
+        fix_signs(u[:, chosen]).float(),
         (sigma[chosen] / n**0.5).float(),
         cos2[:, chosen].mean(0).float(),
         support[chosen],

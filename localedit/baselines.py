@@ -27,7 +27,8 @@ from localedit.mining import DEFAULT_K, DEFAULT_T, Latent, complements_of, laten
 from localedit.models import DiffusionModel, predicted_x0
 from localedit.regions import Region
 
-METHODS = ("jive_individual", "jive_joint", "global", "masked", "loco_xspace", "random", "jive_complement")
+METHODS = ("jive_individual", "jive_joint", "global", "masked", "loco_xspace", "random", "jive_complement",
+           "region_variation")
 REGION_FREE = ("jive_joint", "global", "random")  # directions not tied to one region
 
 

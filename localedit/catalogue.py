@@ -7,6 +7,14 @@ directions of all images are aggregated into consensus directions (see
 ``"eyes+mouth"`` (the regions joined by "+"), whose mask is their union. The parquet file is
 written last and atomically, so it exists only for a complete catalogue.
 
+Given the run's model, each region's *default* local directions come from region variation
+(``localedit.variation``, our extension; method ``region_variation``, ids ``eyes/individual/r``),
+and the JIVE individual consensus is listed beside them (ids ``eyes/jive/r``, method
+``jive_complement``, or ``jive_individual`` for the paper's form). Without a model only the JIVE
+rows exist, under the ``individual`` ids. With the factor probe every row gets a ``label`` (the
+factor it moves most) and ``label_share``; with reference directions, ``reference`` (the
+closest supervised reference of its region) and ``reference_cos``.
+
     cat = localedit.catalogue.open("out/run")
     cat.frame.query("region == 'eyes' and kind == 'individual'")
     v = cat.vector("eyes/individual/0")
@@ -22,9 +30,14 @@ import pandas as pd
 import torch
 
 from localedit.aggregate import consensus
+from localedit.hspace import encode
+from localedit.labels import closest_reference, probe_labels
 from localedit.models import DiffusionModel
+from localedit.probe import FactorProbe
+from localedit.references import regions_of
 from localedit.regions import Region
 from localedit.store import RunStore
+from localedit.variation import RegionVariation
 
 CATALOGUE_NAME = "catalogue.parquet"
 DEFAULT_THRESHOLD = 0.5
@@ -38,16 +51,40 @@ def joint_region(regions) -> str:
     return "+".join(regions)
 
 
+JIVE_ID = "jive"  # the id part of JIVE individual rows listed beside the region-variation ones
+COLUMNS = ["id", "region", "kind", "method", "rank", "singular_value", "consistency", "support", "n_images",
+           "vector", "t", "label", "label_share", "reference", "reference_cos", "model_fingerprint", "run_id",
+           "created_at"]
+LABEL_IMAGES = 2  # run images edited to read each direction's label
+
+
 def direction_id(region: str, kind: str, rank: int) -> str:
     return f"joint/{rank}" if kind == "joint" else f"{region}/{kind}/{rank}"
 
 
-def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD,
-          min_support: int = DEFAULT_MIN_SUPPORT) -> Path:
-    """Aggregate a finished run's per-image JIVE results into its catalogue; returns the parquet path.
+def _variation_rows(store: RunStore, model: DiffusionModel) -> list[tuple[str, str, str, dict, torch.Tensor]]:
+    """Region-variation directions of every region over all the run's images (their h at the run's t)."""
+    config = store.config
+    x_t = torch.stack([store.x_t(i) for i in range(len(config.images))]).to(model.device)
+    fit = RegionVariation(n_directions=config.k).fit(encode(model.unet, x_t, config.t).h.cpu(), store.regions)
+    out = []
+    for region, basis, variances in zip(config.regions, fit.directions_, fit.variances_):
+        total = float(variances.sum())
+        for rank in range(basis.shape[1]):
+            stats = {"singular_value": float(variances[rank].sqrt()), "consistency": float(variances[rank]) / total,
+                     "support": fit.n_images_, "n_images": fit.n_images_}
+            out.append((direction_id(region, "individual", rank), region, "region_variation", stats, basis[:, rank]))
+    return out
+
+
+def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support: int = DEFAULT_MIN_SUPPORT,
+          model: DiffusionModel | None = None, probe: FactorProbe | None = None,
+          references: dict[str, torch.Tensor] | None = None) -> Path:
+    """Aggregate a finished run's per-image results into its catalogue; returns the parquet path.
 
     ``min_support`` is capped at the number of images, so a run over one image still lists its
-    directions.
+    directions. ``model`` (the run's) adds the region-variation rows and, with ``probe``, labels;
+    ``references`` (factor -> unit h vector) adds each row's closest reference.
     """
     store = RunStore(run_dir)
     config = store.config
@@ -56,29 +93,38 @@ def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD,
         raise ValueError(f"run {store.run_dir} is incomplete ({done} of {total} images split); resume it first")
     splits = [store.split(i) for i in range(len(config.images))]
     min_support = min(min_support, len(splits))
-    groups = [(region, "individual", [s.individual[a] for s in splits], [s.individual_singular_values[a] for s in splits])
-              for a, region in enumerate(config.regions)]
-    groups.append((joint_region(config.regions), "joint", [s.joint for s in splits],
+    jive_method = "jive_complement" if config.complements else "jive_individual"
+    jive_kind = "individual" if model is None else JIVE_ID
+    groups = [(region, jive_kind, jive_method, [s.individual[a] for s in splits],
+               [s.individual_singular_values[a] for s in splits]) for a, region in enumerate(config.regions)]
+    groups.append((joint_region(config.regions), "joint", "jive_joint", [s.joint for s in splits],
                    [s.joint_singular_values for s in splits]))
-    created_at = pd.Timestamp(datetime.now(timezone.utc))
-    rows, vectors = [], []
-    for region, kind, bases, singular_values in groups:
+    found_rows = [] if model is None else _variation_rows(store, model)
+    for region, kind, method, bases, singular_values in groups:
         found = consensus(bases, singular_values, config.k, threshold, min_support)
         for rank in range(found.directions.shape[1]):
-            rows.append({
-                "id": direction_id(region, kind, rank), "region": region, "kind": kind, "rank": rank,
-                "singular_value": float(found.singular_values[rank]),
-                "consistency": float(found.consistency[rank]), "support": int(found.support[rank]),
-                "n_images": found.n_images, "vector": len(vectors), "t": config.t,
-                "model_fingerprint": config.model_fingerprint, "run_id": store.run_id, "created_at": created_at,
-            })
-            vectors.append(found.directions[:, rank])
-    frame = pd.DataFrame(rows, columns=["id", "region", "kind", "rank", "singular_value", "consistency", "support",
-                                        "n_images", "vector", "t", "model_fingerprint", "run_id", "created_at"])
+            stats = {"singular_value": float(found.singular_values[rank]), "consistency": float(found.consistency[rank]),
+                     "support": int(found.support[rank]), "n_images": found.n_images}
+            found_rows.append((direction_id(region, kind, rank), region, method, stats, found.directions[:, rank]))
+    vectors = torch.stack([v for *_, v in found_rows]) if found_rows else torch.zeros(0, config.h_dim)
+    labels = [("", float("nan"))] * len(found_rows)
+    if model is not None and probe is not None and len(found_rows):
+        x_T = torch.stack([store.x_T(i) for i in range(min(LABEL_IMAGES, len(config.images)))])
+        labels = probe_labels(model, probe, x_T, vectors)
+    in_region = regions_of()
+    every = [f for factors in in_region.values() for f in factors]
+    closest = [closest_reference(v[None], references or {}, in_region.get(region, every))[0]
+               for (_, region, *_), v in zip(found_rows, vectors)]
+    created_at = pd.Timestamp(datetime.now(timezone.utc))
+    rows = [{"id": id_, "region": region, "kind": "joint" if method == "jive_joint" else "individual", "method": method,
+             "rank": int(id_.rsplit("/", 1)[1]), **stats, "vector": i, "t": config.t, "label": label,
+             "label_share": share, "reference": ref, "reference_cos": cos,
+             "model_fingerprint": config.model_fingerprint, "run_id": store.run_id, "created_at": created_at}
+            for i, ((id_, region, method, stats, _), (label, share), (ref, cos)) in enumerate(zip(found_rows, labels, closest))]
+    frame = pd.DataFrame(rows, columns=COLUMNS)
     path = store.run_dir / CATALOGUE_NAME
     path.unlink(missing_ok=True)  # from here until the rename below, the run has no catalogue
-    matrix = torch.stack(vectors) if vectors else torch.zeros(0, config.h_dim)
-    store.write_directions(matrix, {"threshold": threshold, "min_support": min_support})
+    store.write_directions(vectors, {"threshold": threshold, "min_support": min_support})
     tmp = path.with_name(path.name + ".partial")
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, path)

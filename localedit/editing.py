@@ -17,6 +17,11 @@ from localedit.hspace import h_shape
 from localedit.models import DiffusionModel
 
 
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Model images in [-1, 1] -> images in [0, 1] on the CPU (what users see and save)."""
+    return ((x.clamp(-1, 1) + 1) / 2).cpu()
+
+
 def unit_direction(direction: torch.Tensor, model: DiffusionModel) -> torch.Tensor:
     """Flatten and normalise; refuse a direction of the wrong h-space size."""
     v = torch.as_tensor(direction, dtype=torch.float32).reshape(-1)
@@ -52,7 +57,7 @@ def edit(
     n, m = x_T.shape[0], len(a)
     batch = x_T.repeat_interleave(m, 0)
     out = denoise(model, batch, num_steps, edit=Edit(v, a.repeat(n), schedule))
-    return ((out.clamp(-1, 1) + 1) / 2).view(n, m, *out.shape[1:]).cpu()
+    return to_unit(out).view(n, m, *out.shape[1:])
 
 
 def _to_pil(img: torch.Tensor, scale: int) -> Image.Image:

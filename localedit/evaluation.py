@@ -26,15 +26,18 @@ from tqdm.auto import tqdm
 
 from localedit.baselines import METHODS, Direction, method_directions
 from localedit.ddim import DEFAULT_STEPS, EditSchedule, denoise, invert
-from localedit.editing import edit, write_strip
+from localedit.editing import edit, to_unit, write_strip
 from localedit.metrics import Perceptual, image_metrics, total_change
 from localedit.mining import DEFAULT_K, DEFAULT_T
 from localedit.models import DiffusionModel
+from localedit.hspace import encode
 from localedit.probe import FactorProbe, factor_change, load_probe
+from localedit.references import REFERENCE_PREFIX, TWINS, reference_directions, trained_on_generator
 from localedit.regions import Region, resolve_regions
 from localedit.samples import SAMPLES_DIR, load_samples
 from localedit.summary import save_results
 from localedit.synthetic import CLOSED_EYE, FACTOR_SCOPE
+from localedit.variation import RegionVariation
 
 TARGET_CHANGE = 0.03  # RMS pixel change (images in [0, 1]) every direction is matched to
 SWEEP = (-2.0, -1.0, -0.5, 0.5, 1.0, 2.0)  # multiples of the matched alpha for strips and locality-vs-alpha
@@ -60,10 +63,6 @@ class ImageSet:
         return self._x_t[t]
 
 
-def _to_unit(x: torch.Tensor) -> torch.Tensor:
-    return ((x.clamp(-1, 1) + 1) / 2).cpu()
-
-
 def prepare_images(model: DiffusionModel, images: torch.Tensor | None, keys: Sequence[str], split: str,
                    num_steps: int = DEFAULT_STEPS, x_T: torch.Tensor | None = None) -> ImageSet:
     """Invert images (n, C, H, W in [0, 1]) unless their ``x_T`` is given, and reconstruct them: the alpha = 0 reference.
@@ -76,7 +75,7 @@ def prepare_images(model: DiffusionModel, images: torch.Tensor | None, keys: Seq
         x_T = invert(model, images.to(model.device) * 2 - 1, num_steps)
     if len(keys) != len(x_T):
         raise ValueError(f"{len(keys)} keys for {len(x_T)} images")
-    reference = _to_unit(denoise(model, x_T.to(model.device), num_steps))
+    reference = to_unit(denoise(model, x_T.to(model.device), num_steps))
     images = reference if images is None else images.cpu()
     return ImageSet(list(keys), split, images, x_T.cpu(), reference, num_steps)
 
@@ -98,7 +97,7 @@ def apply_direction(model: DiffusionModel, direction: Direction, images: ImageSe
     batch = x.repeat_interleave(m, 0)
     batch = batch + (a * batch.flatten(1).norm(dim=1)).view(-1, 1, 1, 1) * direction.vector.to(batch).view(1, *x.shape[1:])
     out = denoise(model, batch, images.num_steps, start_t=direction.t)
-    return _to_unit(out).view(n, m, *x.shape[1:])
+    return to_unit(out).view(n, m, *x.shape[1:])
 
 
 @dataclass
@@ -262,6 +261,25 @@ def evaluate_direction(model: DiffusionModel, direction: Direction, scorer: Scor
     return pd.concat(frames, ignore_index=True)
 
 
+def supervised_references(model: DiffusionModel, t: int, num_steps: int = DEFAULT_STEPS) -> list[Direction]:
+    """Reference rows ``reference_<factor>`` (supervised twins, not a method): none unless the model was
+    trained on the bundled generator's faces."""
+    if not trained_on_generator(model):
+        return []
+    found = reference_directions(model, t, num_steps)
+    return [Direction(f"{REFERENCE_PREFIX}{twin.factor}", f"{REFERENCE_PREFIX}{twin.factor}", twin.region, "h",
+                      found[twin.factor], t, None, {"supervised": True}) for twin in TWINS]
+
+
+def variation_directions(model: DiffusionModel, x_T: torch.Tensor, regions: Sequence[Region], t: int,
+                         num_steps: int = DEFAULT_STEPS) -> list[Direction]:
+    """The top region-variation direction of each region over the images with latents ``x_T`` (n, C, H, W)."""
+    x_t = denoise(model, x_T.to(model.device), num_steps, stop_t=t)
+    fit = RegionVariation().fit(encode(model.unet, x_t, t).h.cpu(), regions)
+    return [Direction(f"region_variation:{r.name}", "region_variation", r.name, "h", basis[:, 0], t)
+            for r, basis in zip(regions, fit.directions_) if basis.shape[1]]
+
+
 STRIPS_DIR = "strips"
 
 
@@ -272,15 +290,23 @@ def strip_path(out_dir: str | Path, direction_id: str) -> Path:
 
 def compare(model: DiffusionModel, source: ImageSet, heldout: ImageSet, scorer: Scorer, t: int = DEFAULT_T,
             k: int = DEFAULT_K, out_dir: str | Path | None = None, strip_images: int = 3, jive: dict | None = None,
-            progress: bool = False) -> tuple[pd.DataFrame, list[Direction]]:
+            progress: bool = False, shared: Sequence[Direction] = ()) -> tuple[pd.DataFrame, list[Direction]]:
     """Mine every method on each source image; score it there ("source") and on held-out images ("transfer").
 
     Held-out image j gets the directions of source image j mod M, so every method is scored on
     every held-out image exactly once whatever M is. The first source's directions also get a
     sweep over alpha on a few of its held-out images, and a strip under ``out_dir`` when given.
+    ``shared`` directions (found on many images at once: region variation, references) are
+    matched on every source image and scored on every held-out image.
     """
     regions = list(scorer.regions.values())
-    rows, found = [], []
+    rows, found = [], list(shared)
+    everything = list(range(len(heldout.keys)))
+    for d in shared:
+        rows.append(evaluate_direction(
+            model, d, scorer, (source, list(range(len(source.keys)))), [(heldout, everything)],
+            sweep_on=(heldout, everything[:strip_images]) if strip_images else None,
+            strip=strip_path(out_dir, d.id) if strip_images and out_dir is not None else None))
     for i, key in enumerate(tqdm(source.keys, desc="source images", disable=not progress)):
         directions, _ = method_directions(model, None, regions, key, t, k, source.num_steps, seed=i,
                                           x_T=source.x_T[i : i + 1].to(model.device), jive=jive)
@@ -331,9 +357,13 @@ def run_comparison(model: DiffusionModel, out_dir: str | Path, regions: str = "e
     source = prepare_images(model, mine[pick], mine_factors["file"][pick].tolist(), "source", num_steps)
     heldout = prepare_images(model, held[:n_heldout], held_factors["file"][:n_heldout].tolist(), "transfer", num_steps)
     scorer = Scorer({r.name: r for r in region_list}, perceptual, probe, target=target)
-    rows, _ = compare(model, source, heldout, scorer, t, k, out_dir, jive=jive, progress=progress)
+    mine_x_T = invert(model, mine.to(model.device) * 2 - 1, num_steps)
+    shared = [*variation_directions(model, mine_x_T, region_list, t, num_steps),
+              *supervised_references(model, t, num_steps)]
+    rows, _ = compare(model, source, heldout, scorer, t, k, out_dir, jive=jive, progress=progress, shared=shared)
     settings = {"model_source": model.source, "model_fingerprint": model.fingerprint, "regions": regions,
                 "chance_locality": {r.name: round(r.fraction, 3) for r in region_list},
                 "source_images": n_source, "heldout_images": n_heldout, "target_change": target, "t": t, "k": k,
                 "num_steps": num_steps, "jive": jive or {}, "seconds": round(time.perf_counter() - start, 1), **(notes or {})}
-    return save_results(out_dir, rows, settings, METHODS)
+    return save_results(out_dir, rows, settings, [*METHODS, *(d.method for d in shared if d.source is None and
+                                                              d.method.startswith(REFERENCE_PREFIX))])

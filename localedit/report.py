@@ -24,6 +24,7 @@ from markdown_it import MarkdownIt  # noqa: E402
 
 from localedit.baselines import METHODS  # noqa: E402
 from localedit.evaluation import STRIPS_DIR, strip_path  # noqa: E402
+from localedit.references import REFERENCE_PREFIX  # noqa: E402
 from localedit.summary import METRICS_FILE, SUMMARY_FILE  # noqa: E402
 
 REPORT_FILE = "report.html"
@@ -31,10 +32,22 @@ LABELS = {
     "jive_individual": "JIVE individual (paper)", "jive_joint": "JIVE joint (ours)",
     "jive_complement": "JIVE + complements (ours, default)", "global": "global h (unmasked J)",
     "masked": "masked h, no JIVE", "loco_xspace": "LOCO-style x-space", "random": "random h",
+    "region_variation": "region variation (ours, default)",
 }
+
+
+def method_label(method: str) -> str:
+    """A method's name for readers; supervised reference rows say so."""
+    if method.startswith(REFERENCE_PREFIX):
+        return f"reference: {method.removeprefix(REFERENCE_PREFIX).replace('_', ' ')} (supervised)"
+    return LABELS.get(method, method)
+
+
 # (column, header, decimals) of the method table; each median is shown with its interval.
 METHOD_COLUMNS = [
     ("locality", "locality", 2), ("transfer_locality", "transfer locality", 2),
+    ("transfer_locality_best_sign", "transfer locality, better sign", 2),
+    ("transfer_factor_purity_best_sign", "transfer purity, better sign", 2),
     ("outside_psnr", "outside PSNR dB", 1), ("outside_ssim", "outside SSIM", 3), ("lpips", "LPIPS", 4),
     ("lpips_outside", "LPIPS outside", 4), ("factor_purity", "factor purity", 2),
     ("transfer_factor_purity", "transfer purity", 2), ("inside_strength", "inside RMS", 3),
@@ -97,7 +110,7 @@ def _by_method_plot(rows: pd.DataFrame, metric: str, title: str, ylabel: str) ->
             for patch in box["boxes"]:
                 patch.set(facecolor=color, alpha=0.6)
             ax.plot([], [], color=color, lw=8, alpha=0.6, label=split)
-    ax.set_xticks(range(len(methods)), [LABELS.get(m, m) for m in methods], fontsize=7, rotation=25, ha="right")
+    ax.set_xticks(range(len(methods)), [method_label(m) for m in methods], fontsize=7, rotation=25, ha="right")
     ax.set(title=title, ylabel=ylabel)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
@@ -112,7 +125,7 @@ def _sweep_plot(rows: pd.DataFrame) -> str | None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for method in _ordered(sweep["method"]):
         curve = sweep[sweep["method"] == method].groupby("alpha_mult")["locality"].median()
-        ax.plot(curve.index, curve.values, marker="o", label=LABELS.get(method, method))
+        ax.plot(curve.index, curve.values, marker="o", label=method_label(method))
     ax.axvline(0, color="#bbb", lw=0.8)
     ax.set(title="locality vs alpha (held-out strip images)", xlabel="alpha / matched alpha", ylabel="median locality")
     ax.legend(fontsize=7)
@@ -131,7 +144,7 @@ def _factor_plot(rows: pd.DataFrame) -> str | None:
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(methods) + 1.6))
     im = ax.imshow(table, cmap="magma_r", aspect="auto")
     ax.set_xticks(range(len(columns)), [c.removeprefix("factor_") for c in columns], rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(methods)), [LABELS.get(m, m) for m in methods], fontsize=8)
+    ax.set_yticks(range(len(methods)), [method_label(m) for m in methods], fontsize=8)
     fig.colorbar(im, ax=ax, label="median |change| (factor std)")
     ax.set_title("which generator factors the edits change (factor probe)")
     return _figure_png(fig)
@@ -154,7 +167,7 @@ def _method_table(methods: dict) -> str:
         cells = "".join(_cell(m.get(f"{c}_median"), d, m.get(f"{c}_ci_low"), m.get(f"{c}_ci_high"))
                         for c, _, d in METHOD_COLUMNS)
         n = f"{m.get('n_images') or 0} / {m.get('transfer_n_images') or 0}"
-        body.append(f"<tr><td>{html.escape(LABELS.get(name, name))}</td>{cells}<td>{n}</td>"
+        body.append(f"<tr><td>{html.escape(method_label(name))}</td>{cells}<td>{n}</td>"
                     f"{_cell(m.get('alpha_median'), 3)}</tr>")
     return (f'<table class="sortable"><thead><tr><th>method</th>{head}<th>images src / transfer</th>'
             f'<th>alpha</th></tr></thead><tbody>{"".join(body)}</tbody></table>')
@@ -183,7 +196,7 @@ def _strips(run_dir: Path, directions: list[dict]) -> str:
             caption = html.escape(path.stem)
         else:
             alpha = d.get("alpha_median")
-            caption = html.escape(f"{LABELS.get(d['method'], d['method'])} | {d.get('direction_region') or 'all regions'}"
+            caption = html.escape(f"{method_label(d['method'])} | {d.get('direction_region') or 'all regions'}"
                                   f" | {d['direction']}" + ("" if alpha is None else f" | matched alpha {alpha:.3g}"))
         items.append(f'<div class="strip"><div>{caption}</div><img src="{_data_uri(path.read_bytes())}"></div>')
     return "\n".join(items) or "<p>No strips were written.</p>"
@@ -253,9 +266,11 @@ def text_table(methods: dict) -> str:
         ci = "" if m.get(f"{key}_ci_low") is None else f" [{num(m[f'{key}_ci_low'], decimals)}, {num(m[f'{key}_ci_high'], decimals)}]"
         return num(m.get(f"{key}_median"), decimals) + ci
 
-    header = ["method", "locality", "transfer locality", "out PSNR", "out SSIM", "LPIPS", "LPIPS out", "purity", "alpha",
+    header = ["method", "locality", "transfer locality", "best sign", "purity best", "out PSNR", "out SSIM", "LPIPS", "LPIPS out", "purity", "alpha",
               "images"]
-    lines = [[name, with_ci(m, "locality", 2), with_ci(m, "transfer_locality", 2), num(m.get("outside_psnr_median"), 1),
+    lines = [[name, with_ci(m, "locality", 2), with_ci(m, "transfer_locality", 2),
+              with_ci(m, "transfer_locality_best_sign", 2), num(m.get("transfer_factor_purity_best_sign_median"), 2),
+              num(m.get("outside_psnr_median"), 1),
               num(m.get("outside_ssim_median"), 3), num(m.get("lpips_median"), 4), num(m.get("lpips_outside_median"), 4),
               num(m.get("factor_purity_median"), 2), num(m.get("alpha_median"), 3),
               f"{m.get('n_images') or 0}/{m.get('transfer_n_images') or 0}"] for name, m in

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 SUMMARY_METRICS = ("locality", "outside_psnr", "outside_ssim", "inside_strength", "lpips", "lpips_outside",
-                   "factor_purity", "total_change")
+                   "factor_purity", "total_change", "locality_best_sign", "factor_purity_best_sign")
 
 
 def bootstrap_median(values, groups, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
@@ -38,9 +38,22 @@ def bootstrap_median(values, groups, n_boot: int = 1000, level: float = 0.95, se
     return float(np.median(v)), float(lo), float(hi)
 
 
+def with_best_sign(matched: pd.DataFrame) -> pd.DataFrame:
+    """Add ``locality_best_sign`` and ``factor_purity_best_sign``: per (direction, image, region), the values of
+    the more local of the +alpha and -alpha edits (an eye-opening direction cannot also close closed eyes)."""
+    keys = ["direction", "image", "region", "split"]
+    locality = pd.to_numeric(matched["locality"], errors="coerce")
+    best = locality.groupby([matched[k] for k in keys]).transform("idxmax")
+    out = matched.assign(locality_best_sign=locality.groupby([matched[k] for k in keys]).transform("max"))
+    if "factor_purity" in matched:
+        purity = pd.to_numeric(matched["factor_purity"], errors="coerce")
+        out = out.assign(factor_purity_best_sign=purity.reindex(best.fillna(-1).astype(int)).to_numpy())
+    return out
+
+
 def summarize(rows: pd.DataFrame, by: Sequence[str] = ("method",), intervals: bool = True) -> pd.DataFrame:
     """Medians (and image-bootstrap intervals) of the matched rows per group, source and transfer side by side."""
-    matched = rows[rows["kind"] == "matched"]
+    matched = with_best_sign(rows[rows["kind"] == "matched"])
     records = []
     for key, group in matched.groupby(list(by), dropna=False, sort=False):
         record = dict(zip(by, key if isinstance(key, tuple) else (key,)))

@@ -5,10 +5,23 @@ from __future__ import annotations
 from prefect import task
 
 from localedit import catalogue
-from tasks.runtime import TASK_OPTIONS
+from localedit.probe import load_probe
+from localedit.references import reference_directions, trained_on_generator
+from localedit.store import RunStore
+from tasks.runtime import TASK_OPTIONS, cached_model, use_thread_share
 
 
 @task(name="build-catalogue", **TASK_OPTIONS)
 def build_catalogue(run_dir: str, threshold: float, min_support: int) -> str:
-    """Write ``catalogue.parquet`` and the direction vectors; returns the parquet path."""
-    return str(catalogue.build(run_dir, threshold=threshold, min_support=min_support))
+    """Write ``catalogue.parquet`` and the direction vectors; returns the parquet path.
+
+    Region-variation rows and probe labels need the run's model; on a model trained on the
+    bundled generator, rows are also compared with the supervised references (cached per model).
+    """
+    use_thread_share()
+    config = RunStore(run_dir).config
+    model = cached_model(config.model_source, config.model_fingerprint)
+    faces = trained_on_generator(model)
+    references = reference_directions(model, config.t, config.num_steps) if faces else None
+    return str(catalogue.build(run_dir, threshold=threshold, min_support=min_support, model=model,
+                               probe=load_probe() if faces else None, references=references))

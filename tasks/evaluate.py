@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from localedit import catalogue
 from localedit.baselines import METHODS, Direction, method_directions
 from localedit.evaluation import (Match, Scorer, load_probe_or_note, match_direction, prepare_images, score_direction,
-                                  score_edits, sweep_direction)
+                                  score_edits, supervised_references, sweep_direction)
 from localedit.metrics import load_lpips
 from localedit.models import DiffusionModel
 from localedit.report import text_table, write_report
@@ -69,9 +69,17 @@ def prepare_evaluation(run_dir: str, heldout: int, sources: int, target: float, 
             "settings": settings}
 
 
-def catalogue_methods(complements: bool) -> tuple[str, str]:
-    """The comparison's names for a run's individual and joint directions (JIVE with or without complements)."""
-    return ("jive_complement" if complements else "jive_individual"), "jive_joint"
+def catalogue_methods(complements: bool) -> tuple[str, str, str]:
+    """The comparison's names for a run's catalogue rows: region variation, JIVE individual (with or without
+    complements) and JIVE joint."""
+    return "region_variation", ("jive_complement" if complements else "jive_individual"), "jive_joint"
+
+
+@task(name="reference-directions", **GPU_TASK_OPTIONS)
+def reference_task(plan: dict) -> list[Direction]:
+    """The supervised references as labelled rows (none unless the model was trained on the bundled generator)."""
+    model = _model(plan)
+    return supervised_references(model, plan["settings"]["t"], plan["source"].num_steps)
 
 
 @task(name="catalogue-directions", **TASK_OPTIONS)
@@ -79,10 +87,9 @@ def catalogue_directions(run_dir: str, max_rank: int) -> list[Direction]:
     """The catalogue's directions of rank < max_rank; joint ones are scored on every region, like other global edits."""
     cat = catalogue.open(run_dir)
     rows = cat.frame[cat.frame["rank"] < max_rank]
-    individual, joint = catalogue_methods(cat.attrs["complements"])
-    return [Direction(f"catalogue:{row.id}", individual if row.kind == "individual" else joint,
-                      row.region if row.kind == "individual" else None, "h", cat.vector(row.id), int(row.t), None,
-                      {"consistency": float(row.consistency), "support": int(row.support)})
+    return [Direction(f"catalogue:{row.id}", row.method, row.region if row.kind == "individual" else None, "h",
+                      cat.vector(row.id), int(row.t), None,
+                      {"consistency": float(row.consistency), "support": int(row.support), "label": row.label})
             for row in rows.itertuples()]
 
 
@@ -128,7 +135,8 @@ def sweep_task(plan: dict, direction: Direction, matched: dict, index: list[int]
 @task(name="publish-evaluation", **TASK_OPTIONS)
 def publish(run_dir: str, frames: list[pd.DataFrame], settings: dict) -> dict:
     """metrics.parquet, evaluation.json and report.html in the run, and a Prefect summary artifact."""
-    expected = METHODS if settings["baselines"] else catalogue_methods(settings["complements"])
+    expected = [*(METHODS if settings["baselines"] else catalogue_methods(settings["complements"])),
+                *settings["reference_methods"]]
     result = save_results(run_dir, pd.concat(frames, ignore_index=True), settings, expected)
     report = write_report(run_dir)
     table = text_table(result["methods"])
