@@ -6,7 +6,9 @@ region (joint: directions that move all regions, i.e. global edits) and, per reg
 orthogonal to it (individual: directions that move mostly that region, i.e. local edits), as in
 Kouzelis et al., "Enabling Local Editing in Diffusion Models by Joint and Individual Component
 Analysis" (BMVC 2024).  Ranks are either given (iterative JIVE) or chosen from the angles between
-the regions' subspaces (AJIVE, Feng et al. 2018).
+the regions' signal subspaces (AJIVE: Feng, Jiang, Hannig and Marron, "Angle-based joint and
+individual variation explained", J. Multivariate Anal. 2018), each region's signal rank read off
+its singular-value spectrum as AJIVE's initial signal extraction does.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ __all__ = ["JIVE", "principal_angles"]
 # float32 right singular vectors are orthonormal to ~1e-6; anything far above that is a wrong input.
 _ORTHONORMAL_ATOL = 1e-4
 # Directions whose singular value is below this fraction of the region's largest do not move the
-# region at all, so they are left out of its signal subspace.
+# region at all, so they are left out of its signal subspace whatever the spectrum's gaps.
 _SIGNAL_RTOL = 1e-6
 
 
@@ -80,6 +82,26 @@ def _random_direction_bound(d: int, dims: Sequence[int], n_random: int, quantile
     stacked = np.concatenate([np.linalg.qr(b.transpose(0, 2, 1))[0] for b in blocks], axis=2)
     largest = np.linalg.svd(stacked, compute_uv=False)[:, 0] ** 2
     return float(np.quantile(largest, quantile))
+
+
+def signal_mask(s: torch.Tensor, gap: float) -> torch.Tensor:
+    """Which of a region's k directions (singular values s, shape (k,), any order) carry signal: (k,) bool.
+
+    AJIVE (Feng et al. 2018) starts from a low-rank signal approximation of each block, its rank
+    read off the scree plot where the spectrum drops to the noise level.  Automated here: sorted
+    descending, the signal ends at the first drop between consecutive singular values by a factor
+    of at least ``gap`` (none: all of them are signal); values below _SIGNAL_RTOL of the largest
+    never are.  Without this cut, the noise directions of a top-k subspace (k above the true rank)
+    are far from every other region's subspace and so pass the angle test as individual
+    directions.  A first drop, not the largest, so a noise floor that itself falls off (numerical
+    junk below the noise) does not pull the cut below the noise.
+    """
+    keep = s > _SIGNAL_RTOL * s.max()
+    ranked = s[keep].sort(descending=True).values
+    drops = torch.nonzero(ranked[:-1] >= gap * ranked[1:])
+    if drops.numel():
+        keep &= s >= ranked[drops[0, 0]]
+    return keep
 
 
 def _orthogonalise(basis: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
@@ -154,6 +176,14 @@ class JIVE:
         Automatic joint rank: a joint direction must lie within this angle of every region
         (root-mean-square over regions).  Automatic individual rank: a region's directions within
         this angle of the joint subspace count as joint, not individual.
+    signal_gap
+        Automatic ranks only: a region's signal subspace ends at the first drop of its sorted
+        singular values by at least this factor (AJIVE's initial signal rank; see signal_mask).
+        The directions past it are noise, counted neither as joint nor as individual.  The
+        default, an order of magnitude, leaves smooth spectra whole (on the bundled model, the
+        top-8 masked Jacobian spectra of 24 mining images drop by under 2x between neighbours,
+        so nothing is cut there) and cuts a noise floor at a few percent of the signal;
+        math.inf turns the cut off.
     n_random, quantile, random_state
         AJIVE random-direction bound: `quantile` of the largest squared singular value over
         `n_random` draws of random subspaces of the regions' dimensions (seeded by random_state).
@@ -169,14 +199,19 @@ class JIVE:
     are all equal, so the "top" individual direction would be arbitrary; with them, it is the
     direction carrying the most Jacobian energy of the region.
 
-    Automatic joint rank (AJIVE).  Stack the regions' signal subspaces (columns of V_a with
-    s_a > 1e-6 max s_a) and take the SVD.  A component is joint when its squared singular value
-    exceeds both the random-direction bound and K cos^2(max_angle_deg): sum_a cos^2(theta_a) of a
-    unit direction at angle theta_a to region a is exactly its squared singular value.  The
-    reported angles are arccos(sqrt(sigma^2 / K)).
+    Signal subspaces (AJIVE's first step).  P_a (d, p_a): the columns of V_a that signal_mask
+    keeps, p_a <= k_a.  A top-k subspace with k above a region's true rank carries k - p_a noise
+    directions; they are not shared with any other region, so every automatic rule below would
+    otherwise count them as individual.
+
+    Automatic joint rank (AJIVE).  Stack the regions' signal subspaces P_a (d, sum_a p_a) and take
+    the SVD.  A component is joint when its squared singular value exceeds both the
+    random-direction bound (for subspaces of dimensions p_a) and K cos^2(max_angle_deg):
+    sum_a cos^2(theta_a) of a unit direction at angle theta_a to region a is exactly its squared
+    singular value.  The reported angles are arccos(sqrt(sigma^2 / K)).
 
     Automatic individual rank.  The number of region-a signal directions farther than
-    max_angle_deg from the joint subspace (singular values of (I - P_J) V_a above
+    max_angle_deg from the joint subspace (singular values of (I - P_J) P_a above
     sin(max_angle_deg)).  In exact data this equals the number of nonzero singular values of
     M_a (I - P_J); with noise, the joint directions estimated from the data never lie exactly in
     a region's subspace and would leave near-zero leftovers that a "nonzero" test counts as
@@ -190,19 +225,23 @@ class JIVE:
     individual_bases_ : list of (d, r_a) orthonormal, orthogonal to joint_basis_, sorted by
         individual_singular_values_ (energy of region a along each direction).
     ranks_ : {"joint": r_C, "individual": [r_a, ...]}
-    principal_angles_deg_ : angles of the stacked-bases SVD components (ascending, one per stacked
-        column; the redundant copies of joint directions read 90).
+    signal_ranks_ : [p_a, ...], the regions' signal ranks (columns of P_a); with automatic ranks,
+        r_C + r_a <= p_a.
+    principal_angles_deg_ : angles of the stacked signal-subspace SVD components (ascending, one
+        per stacked column of the P_a; the redundant copies of joint directions read 90).
     joint_threshold_ : squared-singular-value threshold used by the automatic joint rank, else None.
     n_iter_ : iterations of the iterative JIVE; 1 for the single AJIVE pass.
     """
 
     def __init__(self, joint_rank: int | None = None,
                  individual_ranks: int | Sequence[int] | None = None,
-                 max_angle_deg: float = 30.0, n_random: int = 500, quantile: float = 0.95,
-                 max_iter: int = 100, tol: float = 1e-8, random_state: int | None = 0):
+                 max_angle_deg: float = 30.0, signal_gap: float = 10.0, n_random: int = 500,
+                 quantile: float = 0.95, max_iter: int = 100, tol: float = 1e-8,
+                 random_state: int | None = 0):
         self.joint_rank = joint_rank
         self.individual_ranks = individual_ranks
         self.max_angle_deg = max_angle_deg
+        self.signal_gap = signal_gap
         self.n_random = n_random
         self.quantile = quantile
         self.max_iter = max_iter
@@ -218,7 +257,8 @@ class JIVE:
         joint_rank, individual_ranks = self._check_ranks([v.shape[1] for v in V])
 
         X = [scaled_rows(v, s_a) for v, s_a in zip(V, s)]
-        P = [v[:, s_a > _SIGNAL_RTOL * s_a.max()] for v, s_a in zip(V, s)]
+        P = [v[:, signal_mask(s_a, self.signal_gap)] for v, s_a in zip(V, s)]
+        self.signal_ranks_ = [p.shape[1] for p in P]
         U, sigma, _ = torch.linalg.svd(torch.cat(P, dim=1), full_matrices=False)
         sq = sigma**2
         self.principal_angles_deg_ = torch.rad2deg(torch.acos((sq / K).clamp(0, 1).sqrt())).to(dtype)
@@ -254,6 +294,8 @@ class JIVE:
     def _check_params(self) -> None:
         if not 0 < self.max_angle_deg < 90:
             raise ValueError(f"max_angle_deg must be in (0, 90); got {self.max_angle_deg}")
+        if not self.signal_gap > 1:
+            raise ValueError(f"signal_gap must be > 1 (a drop between singular values); got {self.signal_gap}")
         if self.n_random < 1:
             raise ValueError(f"n_random must be >= 1; got {self.n_random}")
         if not 0 < self.quantile <= 1:

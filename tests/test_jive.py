@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from localedit.jive import JIVE, _random_direction_bound, principal_angles
+from localedit.jive import JIVE, _random_direction_bound, principal_angles, signal_mask
 
 D, RJ, RI = 256, 2, 3
 F64 = torch.float64
@@ -18,24 +18,32 @@ def _orthonormal(d, k, g):
     return torch.linalg.qr(torch.randn(d, k, generator=g, dtype=F64))[0]
 
 
-def planted(K, noise=1e-3, seed=0):
-    """K regions sharing a 2-dim joint subspace, each with its own 3-dim individual subspace.
+def planted(K, noise=1e-3, seed=0, individual_ranks=None, k=None):
+    """K regions sharing a 2-dim joint subspace, each with its own individual subspace (dims
+    individual_ranks, default 3 each).
 
     Each region's "Jacobian" M_a = diag(s) R^T [joint, individual_a]^T + noise, with R a random
-    orthogonal mixing, is handed over the way the product does: as its SVD (V_a, s_a).
+    orthogonal mixing and s in [1, 3], is handed over the way the product does: as its SVD
+    (V_a, s_a), truncated to the top k (default: all 2 + r_a).  With k > 2 + r_a, M_a gets zero
+    rows up to k before the noise (entries N(0, noise^2)) is added, so the k - 2 - r_a trailing
+    directions are pure noise, with singular values about noise * sqrt(D).
     """
+    ranks = [RI] * K if individual_ranks is None else list(individual_ranks)
     g = torch.Generator().manual_seed(seed)
-    Q = _orthonormal(D, RJ + RI * K, g)
-    joint, individual = Q[:, :RJ], [Q[:, RJ + RI * a: RJ + RI * (a + 1)] for a in range(K)]
+    Q = _orthonormal(D, RJ + sum(ranks), g)
+    ends = np.cumsum([RJ, *ranks]).tolist()
+    joint, individual = Q[:, :RJ], [Q[:, a:b] for a, b in zip(ends[:-1], ends[1:])]
     bases, svals = [], []
     for ind in individual:
-        mixing = _orthonormal(RJ + RI, RJ + RI, g)
-        s = 1 + 2 * torch.rand(RJ + RI, generator=g, dtype=F64)
+        r = RJ + ind.shape[1]
+        mixing = _orthonormal(r, r, g)
+        s = 1 + 2 * torch.rand(r, generator=g, dtype=F64)
         M = (s[:, None] * mixing.T) @ torch.cat([joint, ind], dim=1).T
+        M = torch.cat([M, torch.zeros(max(k or r, r) - r, D, dtype=F64)])
         M = M + noise * torch.randn(M.shape, generator=g, dtype=F64)
         _, sv, vh = torch.linalg.svd(M, full_matrices=False)
-        bases.append(vh.T)
-        svals.append(sv)
+        bases.append(vh[:k].T)
+        svals.append(sv[:k])
     return bases, svals, joint, individual
 
 
@@ -137,6 +145,45 @@ def test_partially_fixed_ranks():
     assert fixed_individual.ranks_ == {"joint": RJ, "individual": [1, 2, 3]}
     for B, want in zip(fixed_individual.individual_bases_, individual):
         assert max_angle(B, want) < 2  # nested in the planted individual subspace
+
+
+# ---------------------------------------------------------------- signal ranks (AJIVE's initial signal extraction)
+
+NOISY_RANKS, TOP_K = [1, 3, 2], 6
+
+
+def test_automatic_ranks_leave_out_the_noise_directions_of_a_wider_top_k():
+    # Top-6 subspaces of regions of true rank 3, 5 and 4 (joint 2 + individual 1, 3, 2): the
+    # trailing 3, 1 and 2 directions are noise at ~2% of the signal.  Those are far from every
+    # other region, so without a signal rank they passed the angle test as individual (4, 4, 4).
+    bases, svals, joint, individual = planted(3, noise=2.5e-3, individual_ranks=NOISY_RANKS, k=TOP_K)
+    for s, r in zip(svals, NOISY_RANKS):
+        relative = s / s.max()
+        assert relative[RJ + r - 1] > 0.3 and 0.01 < relative[RJ + r:].max() < 0.03  # the scenario
+    auto = JIVE().fit(bases, svals)
+    assert auto.ranks_ == {"joint": RJ, "individual": NOISY_RANKS}
+    assert auto.signal_ranks_ == [RJ + r for r in NOISY_RANKS]
+    assert max_angle(auto.joint_basis_, joint) < 1
+    for got, want in zip(auto.individual_bases_, individual):
+        assert got.shape == want.shape and max_angle(got, want) < 2
+    unguarded = JIVE(signal_gap=math.inf).fit(bases, svals)
+    assert unguarded.signal_ranks_ == [TOP_K] * 3
+    assert unguarded.ranks_ == {"joint": RJ, "individual": [TOP_K - RJ] * 3}
+
+
+def test_signal_mask_cuts_at_the_first_order_of_magnitude_drop():
+    def mask(values, gap=10.0):
+        return signal_mask(torch.tensor(values, dtype=F64), gap).tolist()
+
+    assert mask([0.02, 1.0, 0.5, 0.019, 0.6]) == [False, True, True, False, True]  # any order
+    # the first drop, not the largest: junk below the noise floor does not move the cut
+    assert mask([1.0, 0.9, 0.02, 0.019, 4e-4]) == [True, True, False, False, False]
+    # smooth spectra stay whole: the bundled model's masked Jacobians drop by < 2x per step,
+    # a dominant direction 5x the rest is still signal
+    assert all(mask([0.064, 0.047, 0.046, 0.044, 0.04, 0.036, 0.035, 0.034]))
+    assert all(mask([5.0, 1.0, 1.0, 0.8, 0.6]))
+    assert mask([1.0, 0.5, 1e-8], gap=math.inf) == [True, True, False]  # zeros never are signal
+    assert mask([1.0, 0.05], gap=10) == [True, False] and all(mask([1.0, 0.05], gap=30))
 
 
 # ---------------------------------------------------------------- no joint / angle rule
@@ -259,13 +306,15 @@ def test_errors():
         JIVE(individual_ranks=[1, 1]).fit(bases, svals)
     with pytest.raises(ValueError, match="max_angle_deg"):
         JIVE(max_angle_deg=90).fit(bases, svals)
+    with pytest.raises(ValueError, match="signal_gap must be > 1"):
+        JIVE(signal_gap=1.0).fit(bases, svals)
 
 
 # ---------------------------------------------------------------- scikit-learn contract
 
 def test_init_stores_params_unchanged_and_refit_replaces_state():
     ranks = [3, 3, 3]
-    params = dict(joint_rank=2, individual_ranks=ranks, max_angle_deg=25.0, n_random=10,
+    params = dict(joint_rank=2, individual_ranks=ranks, max_angle_deg=25.0, signal_gap=5.0, n_random=10,
                   quantile=0.9, max_iter=7, tol=1e-6, random_state=None)
     assert set(params) == set(inspect.signature(JIVE).parameters)
     model = JIVE(**params)
