@@ -10,8 +10,9 @@ written last and atomically, so it exists only for a complete catalogue.
 Given the run's model, each region's *default* local directions come from region variation
 (``localedit.variation``, our extension; method ``region_variation``, ids ``eyes/individual/r``),
 and the JIVE individual consensus is listed beside them (ids ``eyes/jive/r``, method
-``jive_complement``, or ``jive_individual`` for the paper's form). Without a model only the JIVE
-rows exist, under the ``individual`` ids. With the factor probe every row gets a ``label`` (the
+``jive_complement``, or ``jive_individual`` for the paper's form). Without a model, or with fewer
+images than region variation needs (10 by default), only the JIVE rows exist, under the
+``individual`` ids. With the factor probe every row gets a ``label`` (the
 factor it moves most) and ``label_share``; with reference directions, ``reference`` (the
 closest supervised reference of its region) and ``reference_cos``.
 
@@ -62,11 +63,15 @@ def direction_id(region: str, kind: str, rank: int) -> str:
     return f"joint/{rank}" if kind == "joint" else f"{region}/{kind}/{rank}"
 
 
-def _variation_rows(store: RunStore, model: DiffusionModel) -> list[tuple[str, str, str, dict, torch.Tensor]]:
-    """Region-variation directions of every region over all the run's images (their h at the run's t)."""
+def _variation_rows(store: RunStore, model: DiffusionModel | None) -> list[tuple[str, str, str, dict, torch.Tensor]]:
+    """Region-variation directions of every region over all the run's images (their h at the run's t);
+    none without a model or with too few images."""
     config = store.config
+    estimator = RegionVariation(n_directions=config.k)
+    if model is None or len(config.images) < estimator.min_images:
+        return []
     x_t = torch.stack([store.x_t(i) for i in range(len(config.images))]).to(model.device)
-    fit = RegionVariation(n_directions=config.k).fit(encode(model.unet, x_t, config.t).h.cpu(), store.regions)
+    fit = estimator.fit(encode(model.unet, x_t, config.t).h.cpu(), store.regions)
     out = []
     for region, basis, variances in zip(config.regions, fit.directions_, fit.variances_):
         total = float(variances.sum())
@@ -94,12 +99,12 @@ def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support
     splits = [store.split(i) for i in range(len(config.images))]
     min_support = min(min_support, len(splits))
     jive_method = "jive_complement" if config.complements else "jive_individual"
-    jive_kind = "individual" if model is None else JIVE_ID
+    found_rows = _variation_rows(store, model)
+    jive_kind = JIVE_ID if found_rows else "individual"
     groups = [(region, jive_kind, jive_method, [s.individual[a] for s in splits],
                [s.individual_singular_values[a] for s in splits]) for a, region in enumerate(config.regions)]
     groups.append((joint_region(config.regions), "joint", "jive_joint", [s.joint for s in splits],
                    [s.joint_singular_values for s in splits]))
-    found_rows = [] if model is None else _variation_rows(store, model)
     for region, kind, method, bases, singular_values in groups:
         found = consensus(bases, singular_values, config.k, threshold, min_support)
         for rank in range(found.directions.shape[1]):

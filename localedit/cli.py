@@ -154,7 +154,8 @@ def cmd_mine(args: argparse.Namespace) -> int:
     return 0
 
 
-CATALOGUE_COLUMNS = ["id", "region", "kind", "rank", "singular_value", "consistency", "support", "n_images"]
+CATALOGUE_COLUMNS = ["id", "method", "label", "label_share", "reference", "reference_cos", "consistency", "support",
+                     "n_images"]
 
 
 def cmd_catalogue(args: argparse.Namespace) -> int:

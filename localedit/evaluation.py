@@ -30,14 +30,13 @@ from localedit.editing import edit, to_unit, write_strip
 from localedit.metrics import Perceptual, image_metrics, total_change
 from localedit.mining import DEFAULT_K, DEFAULT_T
 from localedit.models import DiffusionModel
-from localedit.hspace import encode
 from localedit.probe import FactorProbe, factor_change, load_probe
 from localedit.references import REFERENCE_PREFIX, TWINS, reference_directions, trained_on_generator
 from localedit.regions import Region, resolve_regions
 from localedit.samples import SAMPLES_DIR, load_samples
 from localedit.summary import save_results
 from localedit.synthetic import CLOSED_EYE, FACTOR_SCOPE
-from localedit.variation import RegionVariation
+from localedit.variation import fit_region_variation
 
 TARGET_CHANGE = 0.03  # RMS pixel change (images in [0, 1]) every direction is matched to
 SWEEP = (-2.0, -1.0, -0.5, 0.5, 1.0, 2.0)  # multiples of the matched alpha for strips and locality-vs-alpha
@@ -194,6 +193,7 @@ def score_edits(direction: Direction, images: ImageSet, index: Sequence[int], ed
     ids = pd.DataFrame({
         "direction": direction.id, "method": direction.method, "direction_region": direction.region,
         "space": direction.space, "source": direction.source, "split": images.split,
+        "label": direction.info.get("label", ""), "label_share": direction.info.get("label_share", math.nan),
         "image": np.repeat([images.keys[i] for i in index], m), "kind": kind, "alpha": alpha,
         "alpha_mult": alpha / match.alpha, "matched_alpha": match.alpha, "matched": match.matched,
         "target_change": scorer.target,
@@ -274,8 +274,7 @@ def supervised_references(model: DiffusionModel, t: int, num_steps: int = DEFAUL
 def variation_directions(model: DiffusionModel, x_T: torch.Tensor, regions: Sequence[Region], t: int,
                          num_steps: int = DEFAULT_STEPS) -> list[Direction]:
     """The top region-variation direction of each region over the images with latents ``x_T`` (n, C, H, W)."""
-    x_t = denoise(model, x_T.to(model.device), num_steps, stop_t=t)
-    fit = RegionVariation().fit(encode(model.unet, x_t, t).h.cpu(), regions)
+    fit = fit_region_variation(model, x_T, regions, t, num_steps)
     return [Direction(f"region_variation:{r.name}", "region_variation", r.name, "h", basis[:, 0], t)
             for r, basis in zip(regions, fit.directions_) if basis.shape[1]]
 

@@ -196,8 +196,9 @@ def _strips(run_dir: Path, directions: list[dict]) -> str:
             caption = html.escape(path.stem)
         else:
             alpha = d.get("alpha_median")
+            label = f": {d['label']} {d['label_share']:.2f}" if d.get("label") and d.get("label_share") is not None else ""
             caption = html.escape(f"{method_label(d['method'])} | {d.get('direction_region') or 'all regions'}"
-                                  f" | {d['direction']}" + ("" if alpha is None else f" | matched alpha {alpha:.3g}"))
+                                  f" | {d['direction']}{label}" + ("" if alpha is None else f" | matched alpha {alpha:.3g}"))
         items.append(f'<div class="strip"><div>{caption}</div><img src="{_data_uri(path.read_bytes())}"></div>')
     return "\n".join(items) or "<p>No strips were written.</p>"
 

@@ -120,7 +120,8 @@ def save_results(out_dir: str | Path, rows: pd.DataFrame, settings: dict, method
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = comparison_json(summarize(rows), settings.get("lpips_note", ""), methods)
-    per_direction = summarize(rows, by=("direction", "method", "direction_region", "space", "source"), intervals=False)
+    keys = ("direction", "method", "direction_region", "space", "source", *(c for c in ("label", "label_share") if c in rows))
+    per_direction = summarize(rows, by=keys, intervals=False)
     result = {"settings": settings, **summary,
               "directions": [{k: _clean(v) for k, v in r.items()} for r in per_direction.to_dict("records")]}
     _write_atomic(out / METRICS_FILE, lambda p: rows.to_parquet(p, index=False))

@@ -39,6 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from localedit.aggregate import fix_signs
+from localedit.ddim import DEFAULT_STEPS, denoise
+from localedit.hspace import encode
+from localedit.models import DiffusionModel
 from localedit.regions import Region
 
 DEFAULT_COMPLEMENT_RANK = 8
@@ -79,6 +82,11 @@ class RegionVariation:
         self.n_directions = n_directions
         self.complement_rank = complement_rank
 
+    @property
+    def min_images(self) -> int:
+        """Fewest images a fit accepts: the removed outside factors plus two."""
+        return self.complement_rank + 2
+
     def get_params(self) -> dict:
         return {"n_directions": self.n_directions, "complement_rank": self.complement_rank}
 
@@ -93,8 +101,8 @@ class RegionVariation:
         if h.ndim != 4:
             raise ValueError(f"h must be (images, C, h, w), got shape {tuple(h.shape)}")
         n = h.shape[0]
-        if n < self.complement_rank + 2:
-            raise ValueError(f"region variation needs at least complement_rank + 2 = {self.complement_rank + 2} "
+        if n < self.min_images:
+            raise ValueError(f"region variation needs at least complement_rank + 2 = {self.min_images} "
                              f"images; got {n}")
         H = h.flatten(1).to(torch.float64)
         H = H - H.mean(0)
@@ -114,3 +122,10 @@ class RegionVariation:
             self.variances_.append((sigma[:r] ** 2 / max(n - 1, 1)).float())
         self.n_images_ = n
         return self
+
+
+def fit_region_variation(model: DiffusionModel, x_T: torch.Tensor, regions: Sequence[Region], t: int,
+                         num_steps: int = DEFAULT_STEPS, **params) -> RegionVariation:
+    """Region variation over images given by their DDIM latents ``x_T`` (n, C, H, W): h at the grid step nearest t."""
+    x_t = denoise(model, x_T.to(model.device), num_steps, stop_t=t)
+    return RegionVariation(**params).fit(encode(model.unet, x_t, t).h.cpu(), regions)

@@ -118,3 +118,39 @@ def test_rebuilding_with_a_stricter_filter_replaces_the_catalogue(built):
     assert (strict.frame["support"] == N).all()
     assert len(strict) <= len(first)
     assert strict._vectors.shape[0] == len(strict)
+
+
+def test_with_the_model_region_variation_rows_take_the_individual_ids(tmp_path, tiny_model):
+    """Enough images: region variation gives eyes/individual/r, JIVE's consensus moves to eyes/jive/r;
+    the region-variation vectors are the estimator's own on the images' h."""
+    from localedit.hspace import encode, h_shape
+    from localedit.variation import RegionVariation
+
+    n, size = 12, tiny_model.resolution
+    config = small_config(n=n, k=3, h_shape=h_shape(tiny_model.unet), resolution=size,
+                          model_fingerprint=tiny_model.fingerprint)
+    store = RunStore.create(tmp_path / "run", config, box_masks(config))
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        x = torch.randn(3, size, size, generator=g)
+        store.write_latent(i, x, x, seconds=0.1)
+    d = config.h_dim
+    for i in range(n):
+        bases = [orthonormal(d, 3, seed=10 * i + a) for a in range(2)]
+        store.write_split(i, Split.from_jive(JIVE(joint_rank=0).fit(bases, [torch.tensor([3.0, 2.0, 1.0])] * 2)), 0.1)
+    catalogue.build(store.run_dir, threshold=0.01, min_support=1, model=tiny_model)
+    cat = catalogue.open(store.run_dir)
+    ours = cat.frame[cat.frame["method"] == "region_variation"]
+    assert list(ours.query("region == 'eyes'")["id"]) == ["eyes/individual/0", "eyes/individual/1", "eyes/individual/2"]
+    assert set(cat.frame[cat.frame["method"] == "jive_individual"]["id"].str.split("/").str[1]) == {"jive"}
+    x_t = torch.stack([store.x_t(i) for i in range(n)])
+    fit = RegionVariation(n_directions=3).fit(encode(tiny_model.unet, x_t, config.t).h, store.regions)
+    assert torch.allclose(cat.vector("mouth/individual/1"), fit.directions_[1][:, 1], atol=1e-5)
+    assert cat.frame["label"].eq("").all()  # no probe given: no labels
+
+
+def test_too_few_images_for_region_variation_keep_jive_under_the_individual_ids(built, tiny_model):
+    catalogue.build(built.run_dir, threshold=0.5, min_support=2, model=tiny_model)
+    frame = catalogue.open(built.run_dir).frame
+    assert "region_variation" not in set(frame["method"])
+    assert "eyes/individual/0" in set(frame["id"])

@@ -1,0 +1,133 @@
+"""Direction-quality benchmark: does a mining criterion find what the supervised reference finds?
+
+On the bundled model, each criterion's top direction per region is scored the way the
+evaluation scores every method (strength matched to an RMS change of 0.03 on the source
+images, then transferred to held-out images), under two edit schedules: every reverse step
+("all", the default) and t >= 500 ("from_t_edit", the former default). Reported per
+(criterion, region, schedule): the better-sign locality median over held-out images (per image
+the more local of +alpha and -alpha), the better-sign factor purity median, |cos| to the
+region's supervised references, and the criterion's mining seconds.
+
+Criteria:
+- ``jive_individual``: the paper's JIVE individual direction (top singular vectors of the
+  region-masked single-step Jacobian at t = 500, split by JIVE); one mining image.
+- ``jive_complement``: the same with each region's complement as an extra JIVE block.
+- ``penalised_jacobian``: top eigenvector of J^T (M - mu (1 - M)) J at t = 500 (mu = 3), a
+  locality-penalised eigenproblem over the whole h-space, solved matrix-free by Lanczos
+  (``scipy.sparse.linalg.eigsh``) on JVP/VJP products; one mining image.
+- ``region_variation``: ours (``localedit.variation``), over the 24 bundled mining images.
+- ``reference``: the supervised twin direction of the region's main factor (a yardstick).
+
+    python benchmarks/direction_quality.py --json            # ~20-40 min on 2 CPU cores
+    python benchmarks/direction_quality.py --quick --json    # 4 held-out images, "all" only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.sparse.linalg import LinearOperator, eigsh
+
+from localedit.baselines import Direction, method_directions
+from localedit.ddim import EditSchedule, invert
+from localedit.evaluation import (Scorer, evaluate_direction, load_probe_or_note, prepare_images,
+                                  variation_directions)
+from localedit.hspace import encode
+from localedit.jacobian import MaskedJacobian
+from localedit.mining import latent_at
+from localedit.models import load_model
+from localedit.references import reference_directions, regions_of
+from localedit.regions import resolve_regions
+from localedit.samples import load_samples
+from localedit.summary import with_best_sign
+
+MAIN_FACTOR = {"eyes": "eye_openness", "mouth": "mouth_curvature"}
+PENALTY = 3.0
+
+
+def penalised_directions(model, x_T, regions, t, mu=PENALTY):
+    """Per region, the top eigenvector of J^T (M - mu (1 - M)) J at the image's x_t (Lanczos, matrix-free)."""
+    latent = latent_at(model, None, t, x_T=x_T)
+    state = encode(model.unet, latent.x_t, latent.t)
+    ones = torch.ones(1, *regions[0].mask.shape)
+    op = MaskedJacobian(model, state, ones)
+    out = []
+    for region in regions:
+        weight = (region.mask - mu * (1 - region.mask)).to(state.h)
+
+        def matvec(v, weight=weight):
+            v = torch.as_tensor(np.asarray(v).reshape(-1), dtype=state.h.dtype)
+            Jv = op.jvp(v.view(1, -1, 1))
+            return op.vjp(Jv * weight).reshape(-1).double().numpy()
+
+        A = LinearOperator((op.dim, op.dim), matvec=matvec, dtype=np.float64)
+        _, vectors = eigsh(A, k=1, which="LA", tol=1e-4, v0=np.ones(op.dim))
+        out.append(Direction(f"penalised_jacobian:{region.name}", "penalised_jacobian", region.name, "h",
+                             torch.from_numpy(vectors[:, 0]).float(), latent.t))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="4 held-out images, the default schedule only")
+    parser.add_argument("--heldout", type=int, default=8)
+    parser.add_argument("--t", type=int, default=500)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    n_heldout = 4 if args.quick else args.heldout
+    schedules = [EditSchedule("all")] + ([] if args.quick else [EditSchedule("from_t_edit", 500)])
+    model = load_model()
+    regions = resolve_regions("eyes,mouth", model.resolution)
+    mine, mine_factors = load_samples("mine")
+    held, held_factors = load_samples("heldout")
+    source = prepare_images(model, mine[:4], mine_factors["file"][:4].tolist(), "source")
+    heldout = prepare_images(model, held[:n_heldout], held_factors["file"][:n_heldout].tolist(), "transfer")
+    probe, _ = load_probe_or_note()
+    references = reference_directions(model, args.t)
+
+    found, seconds = [], {}
+    start = time.perf_counter()
+    per_image, _ = method_directions(model, None, regions, "mine_000", args.t, x_T=source.x_T[:1])
+    seconds["jive_individual"] = seconds["jive_complement"] = time.perf_counter() - start
+    found += [d for d in per_image if d.method in ("jive_individual", "jive_complement")]
+    start = time.perf_counter()
+    found += penalised_directions(model, source.x_T[:1], regions, args.t)
+    seconds["penalised_jacobian"] = time.perf_counter() - start
+    start = time.perf_counter()
+    mine_x_T = invert(model, mine * 2 - 1)
+    found += variation_directions(model, mine_x_T, regions, args.t)
+    seconds["region_variation"] = (time.perf_counter() - start) / len(mine)
+    found += [Direction(f"reference:{r.name}", "reference", r.name, "h", references[MAIN_FACTOR[r.name]], args.t)
+              for r in regions]
+
+    records = []
+    for schedule in schedules:
+        scorer = Scorer({r.name: r for r in regions}, None, probe, schedule)
+        for d in found:
+            rows = evaluate_direction(model, d, scorer, (source, [0, 1, 2, 3]), [(heldout, list(range(n_heldout)))])
+            scored = with_best_sign(rows[(rows["kind"] == "matched") & (rows["split"] == "transfer")])
+            cos = {f: round(abs(float(d.vector @ references[f])), 3) for f in regions_of()[d.region]}
+            records.append({
+                "criterion": d.method, "region": d.region, "schedule": schedule.kind,
+                "locality_best_sign_median": round(float(scored["locality_best_sign"].median()), 3),
+                "locality_median": round(float(pd.to_numeric(scored["locality"]).median()), 3),
+                "factor_purity_best_sign_median": round(float(scored["factor_purity_best_sign"].median()), 3),
+                "matched_alpha": round(float(scored["matched_alpha"].iloc[0]), 4),
+                "cos_to_references": cos,
+                "mining_seconds_per_image": None if d.method == "reference" else round(seconds[d.method], 2),
+            })
+            if not args.json:
+                print(records[-1], flush=True)
+    result = {"benchmark": "direction_quality", "heldout_images": n_heldout, "t": args.t, "results": records}
+    if args.json:
+        print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
