@@ -15,6 +15,7 @@ Criteria:
 - ``penalised_jacobian``: top eigenvector of J^T (M - mu (1 - M)) J at t = 500 (mu = 3), a
   locality-penalised eigenproblem over the whole h-space, solved matrix-free by Lanczos
   (``scipy.sparse.linalg.eigsh``) on JVP/VJP products; one mining image.
+- ``region_contrast``: the same summed over the four source images (``localedit.contrast``).
 - ``region_variation``: ours (``localedit.variation``), over the 24 bundled mining images.
 - ``reference``: the supervised twin direction of the region's main factor (a yardstick).
 
@@ -28,17 +29,14 @@ import argparse
 import json
 import time
 
-import numpy as np
 import pandas as pd
 import torch
-from scipy.sparse.linalg import LinearOperator, eigsh
 
 from localedit.baselines import Direction, method_directions
+from localedit.contrast import contrast_directions
 from localedit.ddim import EditSchedule, invert
 from localedit.evaluation import (Scorer, evaluate_direction, load_probe_or_note, prepare_images,
                                   variation_directions)
-from localedit.hspace import encode
-from localedit.jacobian import MaskedJacobian
 from localedit.mining import latent_at
 from localedit.models import load_model
 from localedit.references import reference_directions, regions_of
@@ -47,29 +45,14 @@ from localedit.samples import load_samples
 from localedit.summary import with_best_sign
 
 MAIN_FACTOR = {"eyes": "eye_openness", "mouth": "mouth_curvature"}
-PENALTY = 3.0
 
 
-def penalised_directions(model, x_T, regions, t, mu=PENALTY):
-    """Per region, the top eigenvector of J^T (M - mu (1 - M)) J at the image's x_t (Lanczos, matrix-free)."""
+def contrast(model, x_T, regions, t, name):
+    """Region contrast (``localedit.contrast``) over the images with latents ``x_T``: top direction per region."""
     latent = latent_at(model, None, t, x_T=x_T)
-    state = encode(model.unet, latent.x_t, latent.t)
-    ones = torch.ones(1, *regions[0].mask.shape)
-    op = MaskedJacobian(model, state, ones)
-    out = []
-    for region in regions:
-        weight = (region.mask - mu * (1 - region.mask)).to(state.h)
-
-        def matvec(v, weight=weight):
-            v = torch.as_tensor(np.asarray(v).reshape(-1), dtype=state.h.dtype)
-            Jv = op.jvp(v.view(1, -1, 1))
-            return op.vjp(Jv * weight).reshape(-1).double().numpy()
-
-        A = LinearOperator((op.dim, op.dim), matvec=matvec, dtype=np.float64)
-        _, vectors = eigsh(A, k=1, which="LA", tol=1e-4, v0=np.ones(op.dim))
-        out.append(Direction(f"penalised_jacobian:{region.name}", "penalised_jacobian", region.name, "h",
-                             torch.from_numpy(vectors[:, 0]).float(), latent.t))
-    return out
+    found = contrast_directions(model, latent.x_t, latent.t, regions, k=1)
+    return [Direction(f"{name}:{r.name}", name, r.name, "h", vectors[:, 0], latent.t)
+            for r, (vectors, _) in zip(regions, found)]
 
 
 def main() -> None:
@@ -97,8 +80,11 @@ def main() -> None:
     seconds["jive_individual"] = seconds["jive_complement"] = time.perf_counter() - start
     found += [d for d in per_image if d.method in ("jive_individual", "jive_complement")]
     start = time.perf_counter()
-    found += penalised_directions(model, source.x_T[:1], regions, args.t)
+    found += contrast(model, source.x_T[:1], regions, args.t, "penalised_jacobian")
     seconds["penalised_jacobian"] = time.perf_counter() - start
+    start = time.perf_counter()
+    found += contrast(model, source.x_T, regions, args.t, "region_contrast")
+    seconds["region_contrast"] = (time.perf_counter() - start) / len(source.keys)
     start = time.perf_counter()
     mine_x_T = invert(model, mine * 2 - 1)
     found += variation_directions(model, mine_x_T, regions, args.t)

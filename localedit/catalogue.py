@@ -9,6 +9,7 @@ written last and atomically, so it exists only for a complete catalogue.
 
 Given the run's model, each region's *default* local directions come from region variation
 (``localedit.variation``, our extension; method ``region_variation``, ids ``eyes/individual/r``),
+region contrast (``localedit.contrast``, our extension; ids ``eyes/contrast/r``) is listed too,
 and the JIVE individual consensus is listed beside them (ids ``eyes/jive/r``, method
 ``jive_complement``, or ``jive_individual`` for the paper's form). Without a model, or with fewer
 images than region variation needs (10 by default), only the JIVE rows exist, under the
@@ -31,6 +32,7 @@ import pandas as pd
 import torch
 
 from localedit.aggregate import consensus
+from localedit.contrast import contrast_directions
 from localedit.hspace import encode
 from localedit.labels import closest_reference, probe_labels
 from localedit.models import DiffusionModel
@@ -57,6 +59,7 @@ COLUMNS = ["id", "region", "kind", "method", "rank", "singular_value", "consiste
            "vector", "t", "label", "label_share", "reference", "reference_cos", "model_fingerprint", "run_id",
            "created_at"]
 LABEL_IMAGES = 2  # run images edited to read each direction's label
+CONTRAST_IMAGES = 4  # run images whose Jacobians region contrast sums over
 
 
 def direction_id(region: str, kind: str, rank: int) -> str:
@@ -82,6 +85,21 @@ def _variation_rows(store: RunStore, model: DiffusionModel | None) -> list[tuple
     return out
 
 
+def _contrast_rows(store: RunStore, model: DiffusionModel | None) -> list[tuple[str, str, str, dict, torch.Tensor]]:
+    """Region-contrast directions of every region over the run's first images (``eyes/contrast/r``); none without a model."""
+    if model is None:
+        return []
+    config = store.config
+    n = min(CONTRAST_IMAGES, len(config.images))
+    x_t = torch.stack([store.x_t(i) for i in range(n)])
+    out = []
+    for region, (vectors, values) in zip(config.regions, contrast_directions(model, x_t, config.t, store.regions)):
+        for rank in range(vectors.shape[1]):
+            stats = {"singular_value": float(values[rank]), "consistency": float("nan"), "support": n, "n_images": n}
+            out.append((direction_id(region, "contrast", rank), region, "region_contrast", stats, vectors[:, rank]))
+    return out
+
+
 def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support: int = DEFAULT_MIN_SUPPORT,
           model: DiffusionModel | None = None, probe: FactorProbe | None = None,
           references: dict[str, torch.Tensor] | None = None) -> Path:
@@ -101,6 +119,7 @@ def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support
     jive_method = "jive_complement" if config.complements else "jive_individual"
     found_rows = _variation_rows(store, model)
     jive_kind = JIVE_ID if found_rows else "individual"
+    found_rows += _contrast_rows(store, model)
     groups = [(region, jive_kind, jive_method, [s.individual[a] for s in splits],
                [s.individual_singular_values[a] for s in splits]) for a, region in enumerate(config.regions)]
     groups.append((joint_region(config.regions), "joint", "jive_joint", [s.joint for s in splits],

@@ -32,7 +32,7 @@ LABELS = {
     "jive_individual": "JIVE individual (paper)", "jive_joint": "JIVE joint (ours)",
     "jive_complement": "JIVE + complements (ours, default)", "global": "global h (unmasked J)",
     "masked": "masked h, no JIVE", "loco_xspace": "LOCO-style x-space", "random": "random h",
-    "region_variation": "region variation (ours, default)",
+    "region_variation": "region variation (ours, default)", "region_contrast": "region contrast (ours)",
 }
 
 
