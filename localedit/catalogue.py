@@ -7,15 +7,15 @@ directions of all images are aggregated into consensus directions (see
 ``"eyes+mouth"`` (the regions joined by "+"), whose mask is their union. The parquet file is
 written last and atomically, so it exists only for a complete catalogue.
 
-Given the run's model, each region's *default* local directions come from region variation
-(``localedit.variation``, our extension; method ``region_variation``, ids ``eyes/individual/r``),
-region contrast (``localedit.contrast``, our extension; ids ``eyes/contrast/r``) is listed too,
-and the JIVE individual consensus is listed beside them (ids ``eyes/jive/r``, method
-``jive_complement``, or ``jive_individual`` for the paper's form). Without a model, or with fewer
-images than region variation needs (10 by default), only the JIVE rows exist, under the
-``individual`` ids. With the factor probe every row gets a ``label`` (the
-factor it moves most) and ``label_share``; with reference directions, ``reference`` (the
-closest supervised reference of its region) and ``reference_cos``.
+Given the run's model, each region gets three families of local directions: region variation
+(``localedit.variation``, ours), region contrast (``localedit.contrast``, ours) and the JIVE
+individual consensus (the paper's, with complements by default). All are edited at +-alpha on a
+few of the run's images; the family whose top direction edited its region most locally there
+takes the ids ``eyes/individual/r`` (the default a user reaches first), the others keep
+``eyes/variation/r``, ``eyes/contrast/r``, ``eyes/jive/r``. The readings are columns:
+``edit_locality``, and with the factor probe ``label`` (the factor moved most) and
+``label_share``; with reference directions, ``reference`` (the closest supervised reference of the
+region) and ``reference_cos``. Without a model only the JIVE rows exist, as ``individual``.
 
     cat = localedit.catalogue.open("out/run")
     cat.frame.query("region == 'eyes' and kind == 'individual'")
@@ -34,7 +34,7 @@ import torch
 from localedit.aggregate import consensus
 from localedit.contrast import contrast_directions
 from localedit.hspace import encode
-from localedit.labels import closest_reference, probe_labels
+from localedit.labels import Reading, closest_reference, read_edits
 from localedit.models import DiffusionModel
 from localedit.probe import FactorProbe
 from localedit.references import regions_of
@@ -54,10 +54,9 @@ def joint_region(regions) -> str:
     return "+".join(regions)
 
 
-JIVE_ID = "jive"  # the id part of JIVE individual rows listed beside the region-variation ones
 COLUMNS = ["id", "region", "kind", "method", "rank", "singular_value", "consistency", "support", "n_images",
-           "vector", "t", "label", "label_share", "reference", "reference_cos", "model_fingerprint", "run_id",
-           "created_at"]
+           "vector", "t", "label", "label_share", "edit_locality", "reference", "reference_cos", "model_fingerprint",
+           "run_id", "created_at"]
 LABEL_IMAGES = 2  # run images edited to read each direction's label
 CONTRAST_IMAGES = 4  # run images whose Jacobians region contrast sums over
 
@@ -66,7 +65,11 @@ def direction_id(region: str, kind: str, rank: int) -> str:
     return f"joint/{rank}" if kind == "joint" else f"{region}/{kind}/{rank}"
 
 
-def _variation_rows(store: RunStore, model: DiffusionModel | None) -> list[tuple[str, str, str, dict, torch.Tensor]]:
+FAMILIES = {"region_variation": "variation", "region_contrast": "contrast",
+            "jive_complement": "jive", "jive_individual": "jive"}  # method -> id part of its local rows
+
+
+def _variation_rows(store: RunStore, model: DiffusionModel | None) -> list[tuple[str, str, dict, torch.Tensor]]:
     """Region-variation directions of every region over all the run's images (their h at the run's t);
     none without a model or with too few images."""
     config = store.config
@@ -81,12 +84,12 @@ def _variation_rows(store: RunStore, model: DiffusionModel | None) -> list[tuple
         for rank in range(basis.shape[1]):
             stats = {"singular_value": float(variances[rank].sqrt()), "consistency": float(variances[rank]) / total,
                      "support": fit.n_images_, "n_images": fit.n_images_}
-            out.append((direction_id(region, "individual", rank), region, "region_variation", stats, basis[:, rank]))
+            out.append((region, "region_variation", stats, basis[:, rank]))
     return out
 
 
-def _contrast_rows(store: RunStore, model: DiffusionModel | None) -> list[tuple[str, str, str, dict, torch.Tensor]]:
-    """Region-contrast directions of every region over the run's first images (``eyes/contrast/r``); none without a model."""
+def _contrast_rows(store: RunStore, model: DiffusionModel | None) -> list[tuple[str, str, dict, torch.Tensor]]:
+    """Region-contrast directions of every region over the run's first images; none without a model."""
     if model is None:
         return []
     config = store.config
@@ -96,8 +99,24 @@ def _contrast_rows(store: RunStore, model: DiffusionModel | None) -> list[tuple[
     for region, (vectors, values) in zip(config.regions, contrast_directions(model, x_t, config.t, store.regions)):
         for rank in range(vectors.shape[1]):
             stats = {"singular_value": float(values[rank]), "consistency": float("nan"), "support": n, "n_images": n}
-            out.append((direction_id(region, "contrast", rank), region, "region_contrast", stats, vectors[:, rank]))
+            out.append((region, "region_contrast", stats, vectors[:, rank]))
     return out
+
+
+def _ids(found: list[tuple[str, str, dict, torch.Tensor]], readings: list[Reading] | None) -> list[str]:
+    """Row ids: per region, the local family whose top direction edited the run's images most locally takes the
+    ``individual`` ids (with one family, or unread, the first found); the others keep their family's name."""
+    ranks: dict[tuple[str, str], int] = {}
+    ids, best = [], {}
+    for i, (region, method, _, _) in enumerate(found):
+        rank = ranks[region, method] = ranks.get((region, method), -1) + 1
+        ids.append(direction_id(region, "joint" if method == "jive_joint" else FAMILIES[method], rank))
+        if rank == 0 and method != "jive_joint":
+            score = readings[i].locality if readings else 0.0
+            if region not in best or score > best[region][1]:
+                best[region] = (method, score)
+    return [id_ if method == "jive_joint" or best[region][0] != method else id_.replace(f"/{FAMILIES[method]}/", "/individual/")
+            for id_, (region, method, _, _) in zip(ids, found)]
 
 
 def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support: int = DEFAULT_MIN_SUPPORT,
@@ -106,7 +125,8 @@ def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support
     """Aggregate a finished run's per-image results into its catalogue; returns the parquet path.
 
     ``min_support`` is capped at the number of images, so a run over one image still lists its
-    directions. ``model`` (the run's) adds the region-variation rows and, with ``probe``, labels;
+    directions. ``model`` (the run's) adds the region-variation and region-contrast rows and the
+    edit readings (label with ``probe``, locality) that choose each region's ``individual`` rows;
     ``references`` (factor -> unit h vector) adds each row's closest reference.
     """
     store = RunStore(run_dir)
@@ -116,35 +136,40 @@ def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support
         raise ValueError(f"run {store.run_dir} is incomplete ({done} of {total} images split); resume it first")
     splits = [store.split(i) for i in range(len(config.images))]
     min_support = min(min_support, len(splits))
+    found = _variation_rows(store, model)
     jive_method = "jive_complement" if config.complements else "jive_individual"
-    found_rows = _variation_rows(store, model)
-    jive_kind = JIVE_ID if found_rows else "individual"
-    found_rows += _contrast_rows(store, model)
-    groups = [(region, jive_kind, jive_method, [s.individual[a] for s in splits],
-               [s.individual_singular_values[a] for s in splits]) for a, region in enumerate(config.regions)]
-    groups.append((joint_region(config.regions), "joint", "jive_joint", [s.joint for s in splits],
+    groups = [(region, jive_method, [s.individual[a] for s in splits], [s.individual_singular_values[a] for s in splits])
+              for a, region in enumerate(config.regions)]
+    groups.append((joint_region(config.regions), "jive_joint", [s.joint for s in splits],
                    [s.joint_singular_values for s in splits]))
-    for region, kind, method, bases, singular_values in groups:
-        found = consensus(bases, singular_values, config.k, threshold, min_support)
-        for rank in range(found.directions.shape[1]):
-            stats = {"singular_value": float(found.singular_values[rank]), "consistency": float(found.consistency[rank]),
-                     "support": int(found.support[rank]), "n_images": found.n_images}
-            found_rows.append((direction_id(region, kind, rank), region, method, stats, found.directions[:, rank]))
-    vectors = torch.stack([v for *_, v in found_rows]) if found_rows else torch.zeros(0, config.h_dim)
-    labels = [("", float("nan"))] * len(found_rows)
-    if model is not None and probe is not None and len(found_rows):
+    for region, method, bases, singular_values in groups:
+        shared = consensus(bases, singular_values, config.k, threshold, min_support)
+        for rank in range(shared.directions.shape[1]):
+            stats = {"singular_value": float(shared.singular_values[rank]), "consistency": float(shared.consistency[rank]),
+                     "support": int(shared.support[rank]), "n_images": shared.n_images}
+            found.append((region, method, stats, shared.directions[:, rank]))
+    found += _contrast_rows(store, model)
+    vectors = torch.stack([v for *_, v in found]) if found else torch.zeros(0, config.h_dim)
+    masks = {r.name: r.mask for r in store.regions}
+    masks[joint_region(config.regions)] = torch.stack(list(masks.values())).amax(0)
+    readings = None
+    if model is not None and found:
         x_T = torch.stack([store.x_T(i) for i in range(min(LABEL_IMAGES, len(config.images)))])
-        labels = probe_labels(model, probe, x_T, vectors)
+        readings = read_edits(model, x_T, vectors, torch.stack([masks[region] for region, *_ in found]), probe,
+                              num_steps=config.num_steps)
     in_region = regions_of()
     every = [f for factors in in_region.values() for f in factors]
     closest = [closest_reference(v[None], references or {}, in_region.get(region, every))[0]
-               for (_, region, *_), v in zip(found_rows, vectors)]
+               for (region, *_), v in zip(found, vectors)]
     created_at = pd.Timestamp(datetime.now(timezone.utc))
+    nothing = Reading("", float("nan"), float("nan"))
     rows = [{"id": id_, "region": region, "kind": "joint" if method == "jive_joint" else "individual", "method": method,
-             "rank": int(id_.rsplit("/", 1)[1]), **stats, "vector": i, "t": config.t, "label": label,
-             "label_share": share, "reference": ref, "reference_cos": cos,
-             "model_fingerprint": config.model_fingerprint, "run_id": store.run_id, "created_at": created_at}
-            for i, ((id_, region, method, stats, _), (label, share), (ref, cos)) in enumerate(zip(found_rows, labels, closest))]
+             "rank": int(id_.rsplit("/", 1)[1]), **stats, "vector": i, "t": config.t, "label": reading.label,
+             "label_share": reading.label_share, "edit_locality": reading.locality, "reference": ref,
+             "reference_cos": cos, "model_fingerprint": config.model_fingerprint, "run_id": store.run_id,
+             "created_at": created_at}
+            for i, (id_, (region, method, stats, _), reading, (ref, cos))
+            in enumerate(zip(_ids(found, readings), found, readings or [nothing] * len(found), closest))]
     frame = pd.DataFrame(rows, columns=COLUMNS)
     path = store.run_dir / CATALOGUE_NAME
     path.unlink(missing_ok=True)  # from here until the rename below, the run has no catalogue

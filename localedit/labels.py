@@ -1,5 +1,5 @@
-"""Name what a direction does: the generator factor it moves most, read by the factor probe, and the
-supervised reference it is closest to.
+"""Name what a direction does: the generator factor it moves most, read by the factor probe, how local
+its edits are on a few images, and the supervised reference it is closest to.
 
 A catalogue row then reads ``eyes/individual/0  eye_openness 0.81`` instead of a bare id: the
 label is the factor with the largest share of the probe's predicted (standardised, squared)
@@ -9,32 +9,44 @@ change when a few images are edited at +-alpha, and the share says how pure the 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from localedit.ddim import EditSchedule, denoise
+from localedit.ddim import DEFAULT_STEPS, EditSchedule, denoise
 from localedit.editing import edit, to_unit
+from localedit.metrics import locality
 from localedit.models import DiffusionModel
 from localedit.probe import FactorProbe, factor_change
 
 LABEL_ALPHA = 0.2  # relative to ||h||: about the strength at which local directions reach 0.03 RMS change
 
 
-def probe_labels(model: DiffusionModel, probe: FactorProbe, x_T: torch.Tensor, vectors: torch.Tensor,
-                 alpha: float = LABEL_ALPHA, schedule: EditSchedule = EditSchedule()) -> list[tuple[str, float]]:
-    """Per direction (rows of ``vectors``, (m, d)), the factor it moves most and that factor's share in [0, 1].
+@dataclass
+class Reading:
+    """What edits at +-alpha on a few images showed of one direction."""
 
-    ``x_T``: (n, C, H, W) DDIM latents of the images edited at +-alpha; their unedited decodings are the reference.
-    """
-    reference = to_unit(denoise(model, x_T.to(model.device))).repeat_interleave(2, 0)
+    label: str  # the factor moved most ("" without a probe)
+    label_share: float  # its share of the probe's squared standardised change, in [0, 1]
+    locality: float  # median over images of the more local sign's share of change inside the region
+
+
+def read_edits(model: DiffusionModel, x_T: torch.Tensor, vectors: torch.Tensor, masks: torch.Tensor,
+               probe: FactorProbe | None = None, alpha: float = LABEL_ALPHA,
+               schedule: EditSchedule = EditSchedule(), num_steps: int = DEFAULT_STEPS) -> list[Reading]:
+    """Edit the images with latents ``x_T`` (n, C, H, W) at +-alpha along each row of ``vectors`` (m, d) and read
+    the edits: label (with ``probe``) and better-sign locality in the direction's region ``masks[j]`` (H, W)."""
+    reference = to_unit(denoise(model, x_T.to(model.device), num_steps))
     out = []
-    for v in vectors:
-        edited = edit(model, None, v, [alpha, -alpha], schedule, x_T=x_T.to(model.device)).flatten(0, 1)
-        energy = (factor_change(probe, reference, edited) ** 2).sum(0)
-        total = float(energy.sum())
-        name = str(energy.idxmax())
-        out.append((name, float(energy[name] / total) if total > 0 else float("nan")))
+    for v, mask in zip(vectors, masks):
+        edited = edit(model, None, v, [alpha, -alpha], schedule, num_steps, x_T=x_T.to(model.device))
+        shares = locality(reference.repeat_interleave(2, 0), edited.flatten(0, 1), mask).view(-1, 2)
+        label, share = "", float("nan")
+        if probe is not None:
+            energy = (factor_change(probe, reference.repeat_interleave(2, 0), edited.flatten(0, 1)) ** 2).sum(0)
+            label = str(energy.idxmax())
+            share = float(energy[label] / energy.sum()) if float(energy.sum()) > 0 else float("nan")
+        out.append(Reading(label, share, float(shares.nan_to_num(0).amax(1).median())))
     return out
 
 

@@ -120,15 +120,18 @@ def test_rebuilding_with_a_stricter_filter_replaces_the_catalogue(built):
     assert strict._vectors.shape[0] == len(strict)
 
 
-def test_with_the_model_region_variation_rows_take_the_individual_ids(tmp_path, tiny_model):
-    """Enough images: region variation gives eyes/individual/r, JIVE's consensus moves to eyes/jive/r;
-    the region-variation vectors are the estimator's own on the images' h."""
+@pytest.mark.parametrize("n", [12, 4])
+def test_with_the_model_the_most_local_family_takes_the_individual_ids(tmp_path, tiny_model, n, monkeypatch):
+    """Region variation (with enough images: 10), region contrast and JIVE rows; per region, the family
+    whose top direction edited the run's images most locally is listed as eyes/individual/r; the
+    region-variation vectors are the estimator's own on the images' h."""
     from localedit.hspace import encode, h_shape
     from localedit.variation import RegionVariation
 
-    n, size = 12, tiny_model.resolution
+    monkeypatch.setattr(catalogue, "CONTRAST_IMAGES", 1)  # Lanczos on a random U-Net converges slowly; one image will do
+    size = tiny_model.resolution
     config = small_config(n=n, k=3, h_shape=h_shape(tiny_model.unet), resolution=size,
-                          model_fingerprint=tiny_model.fingerprint)
+                          model_fingerprint=tiny_model.fingerprint, num_steps=4)
     store = RunStore.create(tmp_path / "run", config, box_masks(config))
     g = torch.Generator().manual_seed(0)
     for i in range(n):
@@ -140,17 +143,19 @@ def test_with_the_model_region_variation_rows_take_the_individual_ids(tmp_path, 
         store.write_split(i, Split.from_jive(JIVE(joint_rank=0).fit(bases, [torch.tensor([3.0, 2.0, 1.0])] * 2)), 0.1)
     catalogue.build(store.run_dir, threshold=0.01, min_support=1, model=tiny_model)
     cat = catalogue.open(store.run_dir)
-    ours = cat.frame[cat.frame["method"] == "region_variation"]
-    assert list(ours.query("region == 'eyes'")["id"]) == ["eyes/individual/0", "eyes/individual/1", "eyes/individual/2"]
-    assert set(cat.frame[cat.frame["method"] == "jive_individual"]["id"].str.split("/").str[1]) == {"jive"}
+    frame = cat.frame
+    for region in ("eyes", "mouth"):
+        rows = frame[frame["region"] == region]
+        ours = {"region_variation"} if n >= RegionVariation().min_images else set()
+        assert set(rows["method"]) == ours | {"region_contrast", "jive_individual"}
+        top = rows[rows["rank"] == 0].set_index("method")["edit_locality"]
+        chosen = rows[rows["id"] == f"{region}/individual/0"]["method"].item()
+        assert top[chosen] == top.max()
+        assert rows["edit_locality"].between(0, 1).all()
+    if n < RegionVariation().min_images:
+        return
     x_t = torch.stack([store.x_t(i) for i in range(n)])
     fit = RegionVariation(n_directions=3).fit(encode(tiny_model.unet, x_t, config.t).h, store.regions)
-    assert torch.allclose(cat.vector("mouth/individual/1"), fit.directions_[1][:, 1], atol=1e-5)
-    assert cat.frame["label"].eq("").all()  # no probe given: no labels
-
-
-def test_too_few_images_for_region_variation_keep_jive_under_the_individual_ids(built, tiny_model):
-    catalogue.build(built.run_dir, threshold=0.5, min_support=2, model=tiny_model)
-    frame = catalogue.open(built.run_dir).frame
-    assert "region_variation" not in set(frame["method"])
-    assert "eyes/individual/0" in set(frame["id"])
+    mouth = frame[(frame["region"] == "mouth") & (frame["method"] == "region_variation") & (frame["rank"] == 1)]
+    assert torch.allclose(cat.vector(mouth["id"].item()), fit.directions_[1][:, 1], atol=1e-5)
+    assert frame["label"].eq("").all()  # no probe given: no labels

@@ -17,7 +17,7 @@ def test_contrast_directions_match_the_exact_eigenvectors_of_the_summed_penalise
     mask = torch.zeros(size, size)
     mask[2:7, 2:14] = 1
     region, mu = Region("eyes", mask), 3.0
-    [(vectors, values)] = contrast_directions(tiny_model, x_t, 500, [region], k=2, mu=mu)
+    [(vectors, values)] = contrast_directions(tiny_model, x_t, 500, [region], k=2, mu=mu, tol=1e-6)
     weight = (mask - mu * (1 - mask)).expand(3, size, size).reshape(-1).double()
     C = 0
     for x in x_t:
