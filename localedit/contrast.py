@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator, eigsh
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
 from localedit.aggregate import fix_signs
 from localedit.hspace import encode
@@ -36,6 +36,7 @@ from localedit.regions import Region
 DEFAULT_PENALTY = 3.0
 DEFAULT_CONTRAST_DIRECTIONS = 2
 LANCZOS_TOL = 1e-3  # relative accuracy of the eigenvalues; directions 1e-3 apart edit alike
+LANCZOS_RESTARTS = 10  # cap on implicit restarts; a flat spectrum (e.g. a random U-Net) keeps the best Ritz pairs
 
 
 def contrast_directions(model: DiffusionModel, x_t: torch.Tensor, t: int, regions: Sequence[Region],
@@ -60,8 +61,14 @@ def contrast_directions(model: DiffusionModel, x_t: torch.Tensor, t: int, region
             v = torch.as_tensor(np.asarray(v).reshape(-1), dtype=dtype).view(1, -1, 1)
             return sum(op.vjp(op.jvp(v) * weight).reshape(-1).double() for op in ops).numpy()
 
-        values, vectors = eigsh(LinearOperator((dim, dim), matvec=matvec, dtype=np.float64), k=k, which="LA",
-                                tol=tol, v0=np.ones(dim))
+        operator = LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
+        try:
+            values, vectors = eigsh(operator, k=k, which="LA", tol=tol, v0=np.ones(dim), maxiter=LANCZOS_RESTARTS)
+        except ArpackNoConvergence as partial:
+            if len(partial.eigenvalues) < k:
+                raise ValueError(f"region contrast for {region.name!r}: Lanczos found {len(partial.eigenvalues)} "
+                                 f"of {k} eigenvectors in {LANCZOS_RESTARTS} restarts") from partial
+            values, vectors = partial.eigenvalues, partial.eigenvectors
         order = np.argsort(values)[::-1].copy()
         out.append((fix_signs(torch.from_numpy(vectors[:, order]).float()), torch.from_numpy(values[order]).float()))
     return out

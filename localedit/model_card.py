@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from localedit.ddim import reconstruct, sample
+from localedit.ddim import EditSchedule, reconstruct, sample
 from localedit.models import DiffusionModel, predicted_x0
 from localedit.probe import FactorProbe, frechet_distance
 from localedit.synthetic import sample_faces
@@ -73,6 +73,11 @@ def measure(model: DiffusionModel, probe: FactorProbe, n: int = 1000, seed: int 
     return q
 
 
+# The schedule the published card's edit figures were measured with (edits while t >= 500); the
+# product's default now edits every step, which benchmarks/direction_quality.py measures.
+CARD_SCHEDULE = EditSchedule("from_t_edit", 500)
+
+
 def edit_locality(model: DiffusionModel, images: torch.Tensor, alpha: float = 0.2,
                   complements: bool = True) -> dict[str, float]:
     """Share of pixel change inside the eyes box for the top eyes-individual vs the top joint direction
@@ -96,7 +101,7 @@ def edit_locality(model: DiffusionModel, images: torch.Tensor, alpha: float = 0.
         for name, basis in candidates.items():
             if basis.shape[1] == 0:
                 continue
-            out = edit(model, None, basis[:, 0], [0.0, -alpha, alpha], x_T=found.latent.x_T)[0]
+            out = edit(model, None, basis[:, 0], [0.0, -alpha, alpha], CARD_SCHEDULE, x_T=found.latent.x_T)[0]
             base, edited = out[:1].expand(2, -1, -1, -1), out[1:]
             stronger = int((edited - base).pow(2).flatten(1).sum(1).argmax())
             mask = regions[1].mask if name == "mouth_individual" else eyes

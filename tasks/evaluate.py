@@ -69,10 +69,10 @@ def prepare_evaluation(run_dir: str, heldout: int, sources: int, target: float, 
             "settings": settings}
 
 
-def catalogue_methods(complements: bool) -> tuple[str, str, str]:
-    """The comparison's names for a run's catalogue rows: region variation, JIVE individual (with or without
-    complements) and JIVE joint."""
-    return "region_variation", ("jive_complement" if complements else "jive_individual"), "jive_joint"
+def catalogue_methods(complements: bool) -> tuple[str, ...]:
+    """The comparison's names for a run's catalogue rows: region variation, region contrast, JIVE individual
+    (with or without complements) and JIVE joint."""
+    return "region_variation", "region_contrast", ("jive_complement" if complements else "jive_individual"), "jive_joint"
 
 
 @task(name="reference-directions", **GPU_TASK_OPTIONS)

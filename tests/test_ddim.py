@@ -53,9 +53,9 @@ def test_grid_and_schedule(tiny_model):
     grid = timesteps(tiny_model, 50)
     assert grid[0] == 980 and grid[-1] == 0 and len(grid) == 50
     assert grid_timestep(tiny_model, 505) == 500
-    sched = EditSchedule()
+    sched = EditSchedule("from_t_edit", 500)
     assert sched.active(980) and sched.active(500) and not sched.active(480)
-    assert EditSchedule("all").active(0)
+    assert EditSchedule().kind == "all" and EditSchedule().active(0)
     with pytest.raises(ValueError, match="unknown edit schedule"):
         EditSchedule("sometimes")
 

@@ -116,7 +116,7 @@ def test_method_directions_cover_every_method(tiny_model, setting):
     found, latent = method_directions(tiny_model, None, regions, "s0", k=3, num_steps=4, x_T=source.x_T)
     methods = {d.method for d in found}
     # a random model may share no direction across regions; region variation is found over many images at once
-    assert methods >= set(METHODS) - {"jive_joint", "region_variation"}
+    assert methods >= set(METHODS) - {"jive_joint", "region_variation", "region_contrast"}
     for d in found:
         assert d.vector.norm() == pytest.approx(1.0, abs=1e-5)
         assert (d.region is None) == (d.method in REGION_FREE)
@@ -173,12 +173,14 @@ def test_evaluation_flow_on_a_mined_run(prefect_api, tmp_path):
 
     result = evaluate_directions(str(run), heldout=2, sources=1, baselines=True, strip_images=1, samples=str(samples))
     rows = pd.read_parquet(run / METRICS_FILE)
-    # The run mined with complements (the default): its catalogue supplies jive_complement (and any
-    # joint) directions, and the paper's per-image JIVE joins the baselines.
+    # The run mined with complements (the default): its catalogue supplies jive_complement, region
+    # contrast (and any joint) directions (too few images for region variation), and the paper's
+    # per-image JIVE joins the baselines.
     assert {"global", "masked", "loco_xspace", "random", "jive_individual"} <= set(rows["method"])
     from_catalogue = rows["direction"].str.startswith("catalogue:")
-    assert from_catalogue.any() and set(rows.loc[from_catalogue, "method"]) <= {"jive_complement", "jive_joint"}
-    assert "jive_complement" in set(rows.loc[from_catalogue, "method"])
+    assert from_catalogue.any()
+    assert set(rows.loc[from_catalogue, "method"]) <= {"jive_complement", "jive_joint", "region_contrast"}
+    assert {"jive_complement", "region_contrast"} <= set(rows.loc[from_catalogue, "method"])
     transfer = rows[(rows["split"] == "transfer") & (rows["kind"] == "matched")]
     assert set(transfer["image"]) == {"heldout_000.png", "heldout_001.png"}
     assert (run / "report.html").is_file() and result["report"] == str(run / "report.html")
