@@ -36,13 +36,14 @@ from localedit.regions import Region
 DEFAULT_PENALTY = 3.0
 DEFAULT_CONTRAST_DIRECTIONS = 2
 LANCZOS_TOL = 1e-3  # relative accuracy of the eigenvalues; directions 1e-3 apart edit alike
-LANCZOS_RESTARTS = 10  # cap on implicit restarts; a flat spectrum (e.g. a random U-Net) keeps the best Ritz pairs
+LANCZOS_RESTARTS = 10  # cap on implicit restarts; with a flat spectrum (a random U-Net) only converged pairs are kept
 
 
 def contrast_directions(model: DiffusionModel, x_t: torch.Tensor, t: int, regions: Sequence[Region],
                         k: int = DEFAULT_CONTRAST_DIRECTIONS, mu: float = DEFAULT_PENALTY,
                         tol: float = LANCZOS_TOL) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per region, the top-k eigenvectors (d, k) and eigenvalues (k,) of C_a over images ``x_t`` (n, C, H, W) at t.
+    """Per region, the top eigenvectors (d, r) and eigenvalues (r,) of C_a over images ``x_t`` (n, C, H, W) at t:
+    r = k, or fewer where Lanczos did not converge within ``LANCZOS_RESTARTS`` restarts.
 
     Eigenvalues are in units of the squared noise-prediction change per unit h; a negative one
     means no direction reaches the locality mu / (1 + mu) on average. Raises ValueError for mu < 0.
@@ -64,11 +65,8 @@ def contrast_directions(model: DiffusionModel, x_t: torch.Tensor, t: int, region
         operator = LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
         try:
             values, vectors = eigsh(operator, k=k, which="LA", tol=tol, v0=np.ones(dim), maxiter=LANCZOS_RESTARTS)
-        except ArpackNoConvergence as partial:
-            if len(partial.eigenvalues) < k:
-                raise ValueError(f"region contrast for {region.name!r}: Lanczos found {len(partial.eigenvalues)} "
-                                 f"of {k} eigenvectors in {LANCZOS_RESTARTS} restarts") from partial
-            values, vectors = partial.eigenvalues, partial.eigenvectors
+        except ArpackNoConvergence as partial:  # keep the pairs that converged (possibly none)
+            values, vectors = partial.eigenvalues, partial.eigenvectors.reshape(dim, -1)
         order = np.argsort(values)[::-1].copy()
         out.append((fix_signs(torch.from_numpy(vectors[:, order]).float()), torch.from_numpy(values[order]).float()))
     return out
