@@ -80,6 +80,7 @@ def test_case_whole_image_region_in_paper_mode_mines(prefect_api, tmp_path):
 
 
 def test_case_out_is_a_file(tmp_path, capsys):
+    """Case ../shared/cases/out-is-a-file: --out naming a file is refused in one line, before anything is written."""
     afile = tmp_path / "afile.txt"
     afile.write_text("notes\n")
     for out, message in ((afile, f"--out {afile} exists and is not a directory"),
