@@ -353,10 +353,11 @@ def run_comparison(model: DiffusionModel, out_dir: str | Path, regions: str = "e
         raise ValueError(f"asked for {n_source} mining and {n_heldout} held-out images; "
                          f"the samples have {len(mine)} and {len(held)}")
     pick = _both_eye_states(mine_factors, n_source)
-    source = prepare_images(model, mine[pick], mine_factors["file"][pick].tolist(), "source", num_steps)
+    mine_x_T = invert(model, mine.to(model.device) * 2 - 1, num_steps)  # every mining image: region variation's data
+    source = prepare_images(model, mine[pick], mine_factors["file"][pick].tolist(), "source", num_steps,
+                            x_T=mine_x_T[pick])
     heldout = prepare_images(model, held[:n_heldout], held_factors["file"][:n_heldout].tolist(), "transfer", num_steps)
     scorer = Scorer({r.name: r for r in region_list}, perceptual, probe, target=target)
-    mine_x_T = invert(model, mine.to(model.device) * 2 - 1, num_steps)
     shared = [*variation_directions(model, mine_x_T, region_list, t, num_steps),
               *supervised_references(model, t, num_steps)]
     rows, _ = compare(model, source, heldout, scorer, t, k, out_dir, jive=jive, progress=progress, shared=shared)
@@ -364,5 +365,4 @@ def run_comparison(model: DiffusionModel, out_dir: str | Path, regions: str = "e
                 "chance_locality": {r.name: round(r.fraction, 3) for r in region_list},
                 "source_images": n_source, "heldout_images": n_heldout, "target_change": target, "t": t, "k": k,
                 "num_steps": num_steps, "jive": jive or {}, "seconds": round(time.perf_counter() - start, 1), **(notes or {})}
-    return save_results(out_dir, rows, settings, [*METHODS, *(d.method for d in shared if d.source is None and
-                                                              d.method.startswith(REFERENCE_PREFIX))])
+    return save_results(out_dir, rows, settings, [*METHODS, *(d.method for d in shared if d.method.startswith(REFERENCE_PREFIX))])
