@@ -1,9 +1,10 @@
 """Evaluate a mined run: every catalogue direction (and, with ``baselines``, the competing methods) at matched strength.
 
 run directory -> reconstruct a few of the run's own images ("source") and invert held-out
-images ("transfer") -> per direction, match its strength on the source images -> fan out over
-(direction x held-out image) -> metrics.parquet, evaluation.json and report.html in the run,
-plus a Prefect markdown and table artifact.
+images ("transfer") -> per direction, match its strength on the source images -> score it on
+all its held-out images in one batch -> metrics.parquet, evaluation.json and report.html in
+the run, plus a Prefect markdown and table artifact. Baselines reuse the run's own subspaces of
+the source images (same latent, t and k), so only the whole-image one is computed again.
 
     python -m flows.evaluate out/run --baselines
 """
@@ -58,7 +59,7 @@ def evaluate_directions(run_dir: str, heldout: int = 16, sources: int = 4, basel
         matches.append(match)
         own = source_index(plan, d)
         targets = list(range(n_heldout)) if d.source is None else list(range(own[0], n_heldout, n_source))
-        scored += [score_task.submit(plan, d, match, j) for j in targets]
+        scored.append(score_task.submit(plan, d, match, targets))
         if d.source is None or own[0] == 0:
             scored.append(sweep_task.submit(plan, d, match, targets[:strip_images], str(strip_path(run_dir, d.id))))
     wait_all([*matches, *scored], "evaluation", progress)

@@ -16,6 +16,7 @@ together), so the methods see exactly the same Jacobian.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -100,35 +101,41 @@ def loco_directions(model: DiffusionModel, latent: Latent, regions: list[Region]
 
 def method_directions(model: DiffusionModel, image: torch.Tensor | None, regions: list[Region], source: str,
                       t: int = DEFAULT_T, k: int = DEFAULT_K, num_steps: int = DEFAULT_STEPS, seed: int = 0,
-                      x_T: torch.Tensor | None = None, jive: dict | None = None) -> tuple[list[Direction], Latent]:
+                      x_T: torch.Tensor | None = None, jive: dict | None = None,
+                      mined: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[list[Direction], Latent]:
     """The top direction of every method in ``METHODS`` on one image (3, H, W in [0, 1]), and its latent.
 
     Region-tied methods give one direction per region; a JIVE rank of zero gives none. ``jive``
     holds ``JIVE`` settings (default: ranks chosen from the angles), used for both JIVE fits.
+    ``mined``: the (basis (d, k), singular values (k,)) of the regions, then of their complements,
+    at this image's latent (as a mining run stored them), so that only the whole image's subspace
+    is computed here.
     """
     if len(regions) < 2:
         raise ValueError("the comparison needs at least two regions (JIVE splits joint from individual)")
     size = model.resolution
     latent = latent_at(model, image, t, num_steps, x_T)
     whole = Region("whole", torch.ones(size, size))
-    subs = region_subspaces(model, latent, [*regions, *complements_of(regions, size), whole], k)
     R = len(regions)
-    pairs = [(s.basis, s.singular_values) for s in subs]
+    if mined is not None and len(mined) != 2 * R:
+        raise ValueError(f"mined holds {len(mined)} subspaces; give the {R} regions' and then their complements'")
+    blocks = [whole] if mined is not None else [*regions, *complements_of(regions, size), whole]
+    pairs = [*(mined or []), *((s.basis, s.singular_values) for s in region_subspaces(model, latent, blocks, k))]
     ours, extended = split_subspaces(pairs[:R], jive=jive), split_subspaces(pairs[:R], pairs[R:2 * R], jive)
     found: list[tuple[str, str | None, str, torch.Tensor]] = []
     for a, region in enumerate(regions):
         for method, basis in (("jive_individual", ours.individual[a]),
                               ("jive_complement", extended.individual[a]),
-                              ("masked", subs[a].basis)):
+                              ("masked", pairs[a][0])):
             if basis.shape[1]:
                 found.append((method, region.name, "h", basis[:, 0]))
     if ours.joint.shape[1]:
         found.append(("jive_joint", None, "h", ours.joint[:, 0]))
-    found.append(("global", None, "h", subs[2 * R].basis[:, 0]))
+    found.append(("global", None, "h", pairs[2 * R][0][:, 0]))
     for region, v in zip(regions, loco_directions(model, latent, regions, k, seed=seed)):
         found.append(("loco_xspace", region.name, "x", v))
     g = torch.Generator().manual_seed(seed)
-    found.append(("random", None, "h", torch.randn(subs[0].basis.shape[0], generator=g)))
+    found.append(("random", None, "h", torch.randn(pairs[0][0].shape[0], generator=g)))
     info = {"jive_ranks": ours.ranks, "jive_complement_ranks": extended.ranks}
     directions = [Direction(f"{source}:{method}:{region or 'all'}", method, region, space, v, latent.t, source, info)
                   for method, region, space, v in found]

@@ -10,12 +10,14 @@ written last and atomically, so it exists only for a complete catalogue.
 Given the run's model, each region gets three families of local directions: region variation
 (``localedit.variation``, ours), region contrast (``localedit.contrast``, ours) and the JIVE
 individual consensus (the paper's, with complements by default). All are edited at +-alpha on a
-few of the run's images; the family whose top direction edited its region most locally there
-takes the ids ``eyes/individual/r`` (the default a user reaches first), the others keep
-``eyes/variation/r``, ``eyes/contrast/r``, ``eyes/jive/r``. The readings are columns:
-``edit_locality``, and with the factor probe ``label`` (the factor moved most) and
-``label_share``; with reference directions, ``reference`` (the closest supervised reference of the
-region) and ``reference_cos``. Without a model only the JIVE rows exist, as ``individual``.
+few of the run's images; the family whose top direction edited its region best there (locality
+times, with the factor probe, the share of change on the region's own factors) takes the ids
+``eyes/individual/r`` (the default a user reaches first), the others keep ``eyes/variation/r``,
+``eyes/contrast/r``, ``eyes/jive/r``. The readings are columns: ``edit_locality``, and with the
+factor probe ``label`` (the factor moved most), ``label_share`` and ``edit_purity`` (the share on
+the region's factors; a joint row's: on the global factors); with reference directions,
+``reference`` (the closest supervised reference of the region) and ``reference_cos``. Without a
+model only the JIVE rows exist, as ``individual``.
 
     cat = localedit.catalogue.open("out/run")
     cat.frame.query("region == 'eyes' and kind == 'individual'")
@@ -24,6 +26,7 @@ region) and ``reference_cos``. Without a model only the JIVE rows exist, as ``in
 
 from __future__ import annotations
 
+import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,9 +58,10 @@ def joint_region(regions) -> str:
 
 
 COLUMNS = ["id", "region", "kind", "method", "rank", "singular_value", "consistency", "support", "n_images",
-           "vector", "t", "label", "label_share", "edit_locality", "reference", "reference_cos", "model_fingerprint",
+           "vector", "t", "label", "label_share", "edit_locality", "edit_purity", "edit_alpha", "reference", "reference_cos", "model_fingerprint",
            "run_id", "created_at"]
 LABEL_IMAGES = 2  # run images edited to read each direction's label
+LABEL_RANKS = 2  # directions of each family read (label, locality, purity); lower ranks are left unread
 CONTRAST_IMAGES = 4  # run images whose Jacobians region contrast sums over
 
 
@@ -103,16 +107,33 @@ def _contrast_rows(store: RunStore, model: DiffusionModel | None) -> list[tuple[
     return out
 
 
-def _ids(found: list[tuple[str, str, dict, torch.Tensor]], readings: list[Reading] | None) -> list[str]:
-    """Row ids: per region, the local family whose top direction edited the run's images most locally takes the
-    ``individual`` ids (with one family, or unread, the first found); the others keep their family's name."""
-    ranks: dict[tuple[str, str], int] = {}
+def _selection_score(reading: Reading | None) -> float:
+    """How much a family's top direction looks like a local edit of its region: its edit locality, times its factor
+    purity where the probe read one (a local edit that moves the wrong factor, e.g. skin inside the eyes box, loses)."""
+    if reading is None:
+        return 0.0
+    return reading.locality * (1.0 if math.isnan(reading.purity) else reading.purity)
+
+
+def _family_ranks(found: list[tuple[str, str, dict, torch.Tensor]]) -> list[int]:
+    """Each row's rank within its (region, method) family, in the order found."""
+    counts: dict[tuple[str, str], int] = {}
+    ranks = []
+    for region, method, _, _ in found:
+        ranks.append(counts.get((region, method), 0))
+        counts[region, method] = ranks[-1] + 1
+    return ranks
+
+
+def _ids(found: list[tuple[str, str, dict, torch.Tensor]], readings: list[Reading | None]) -> list[str]:
+    """Row ids: per region, the local family whose top direction scored best on the run's images
+    (``_selection_score``; with one family, or unread, the first found) takes the ``individual`` ids;
+    the others keep their family's name."""
     ids, best = [], {}
-    for i, (region, method, _, _) in enumerate(found):
-        rank = ranks[region, method] = ranks.get((region, method), -1) + 1
+    for (region, method, _, _), rank, reading in zip(found, _family_ranks(found), readings):
         ids.append(direction_id(region, "joint" if method == "jive_joint" else FAMILIES[method], rank))
         if rank == 0 and method != "jive_joint":
-            score = readings[i].locality if readings else 0.0
+            score = _selection_score(reading)
             if region not in best or score > best[region][1]:
                 best[region] = (method, score)
     return [id_ if method == "jive_joint" or best[region][0] != method else id_.replace(f"/{FAMILIES[method]}/", "/individual/")
@@ -152,24 +173,28 @@ def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support
     vectors = torch.stack([v for *_, v in found]) if found else torch.zeros(0, config.h_dim)
     masks = {r.name: r.mask for r in store.regions}
     masks[joint_region(config.regions)] = torch.stack(list(masks.values())).amax(0)
-    readings = None
-    if model is not None and found:
+    readings: list[Reading | None] = [None] * len(found)
+    read = [i for i, rank in enumerate(_family_ranks(found)) if rank < LABEL_RANKS] if model is not None else []
+    if read:
         x_T = torch.stack([store.x_T(i) for i in range(min(LABEL_IMAGES, len(config.images)))])
-        readings = read_edits(model, x_T, vectors, torch.stack([masks[region] for region, *_ in found]), probe,
-                              num_steps=config.num_steps)
+        for i, reading in zip(read, read_edits(model, x_T, vectors[read], [found[i][0] for i in read],
+                                               torch.stack([masks[found[i][0]] for i in read]), probe,
+                                               num_steps=config.num_steps)):
+            readings[i] = reading
     in_region = regions_of()
     every = [f for factors in in_region.values() for f in factors]
     closest = [closest_reference(v[None], references or {}, in_region.get(region, every))[0]
                for (region, *_), v in zip(found, vectors)]
     created_at = pd.Timestamp(datetime.now(timezone.utc))
-    nothing = Reading("", float("nan"), float("nan"))
+    nothing = Reading("", float("nan"), float("nan"), float("nan"), float("nan"))
     rows = [{"id": id_, "region": region, "kind": "joint" if method == "jive_joint" else "individual", "method": method,
              "rank": int(id_.rsplit("/", 1)[1]), **stats, "vector": i, "t": config.t, "label": reading.label,
-             "label_share": reading.label_share, "edit_locality": reading.locality, "reference": ref,
+             "label_share": reading.label_share, "edit_locality": reading.locality, "edit_purity": reading.purity,
+             "edit_alpha": reading.alpha, "reference": ref,
              "reference_cos": cos, "model_fingerprint": config.model_fingerprint, "run_id": store.run_id,
              "created_at": created_at}
             for i, (id_, (region, method, stats, _), reading, (ref, cos))
-            in enumerate(zip(_ids(found, readings), found, readings or [nothing] * len(found), closest))]
+            in enumerate(zip(_ids(found, readings), found, [r or nothing for r in readings], closest))]
     frame = pd.DataFrame(rows, columns=COLUMNS)
     path = store.run_dir / CATALOGUE_NAME
     path.unlink(missing_ok=True)  # from here until the rename below, the run has no catalogue

@@ -194,8 +194,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The whole pipeline on bundled data: mine the bundled samples, strip the top directions on held-out
-    ones, then score every top direction at matched strength and write the run's report.
+    """The whole pipeline on bundled data: mine the bundled samples, then score every top catalogue direction,
+    the supervised references and the baseline methods (masked, global, random, LOCO-style x-space, the paper's
+    JIVE) at matched strength on held-out samples, and write the run's strips and report.
 
     The joint rank is fixed at 1: on the bundled model the eyes and mouth subspaces lie 60-73
     degrees apart, so the automatic rank finds no joint direction, yet the most shared one
@@ -232,7 +233,7 @@ def _run(args: argparse.Namespace) -> int:
         from flows.evaluate import evaluate_directions
         from localedit.report import text_table
 
-        result = evaluate_directions(summary["run_dir"], heldout=args.evaluate_heldout)
+        result = evaluate_directions(summary["run_dir"], heldout=args.evaluate_heldout, baselines=args.baselines)
         print(text_table(result["methods"]))
         print(f"catalogue: {Path(summary['run_dir']) / 'catalogue.parquet'}")
         print(f"strips: {Path(summary['run_dir']) / STRIPS_DIR}")
@@ -329,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--heldout", type=int, default=3, help="held-out samples in each edit strip")
     run.add_argument("--evaluate-heldout", type=int, default=16,
                      help="held-out samples every direction is scored on for the report (0: no evaluation)")
+    run.add_argument("--no-baselines", dest="baselines", action="store_false",
+                     help="score only the run's own directions and the references, not the baseline methods")
     run.add_argument("--out", default="out/run")
     run.set_defaults(func=cmd_run)
     return parser

@@ -10,8 +10,10 @@ summed over a few images i (J_i: the unmasked single-step Jacobian at image i's 
 v, v^T C_a v = sum_i ||J_i v||^2 (l_i(v) - mu (1 - l_i(v))), with l_i(v) the share of the change
 that falls inside the region. It is positive only where l_i > mu / (1 + mu) (0.75 for mu = 3),
 so energy alone no longer wins; summing over images favours directions local on all of them.
-C_a is never formed: Lanczos (``scipy.sparse.linalg.eigsh``) needs only products C_a v, one
-JVP and one VJP per image through the same linearisations the Jacobian engine uses.
+C_a is never formed: Lanczos (``scipy.sparse.linalg.eigsh``) needs only products C_a v: one
+JVP and one VJP through a single linearisation of the U-Net's up path over all images at once
+(the images are a batch, the tangent is the same v for each), about twice as fast on a CPU as
+one linearisation per image.
 
 Measured on the bundled model (``benchmarks/direction_quality.py``, edits at every reverse step,
 matched strength, held-out faces): one image's mouth contrast direction has better-sign locality
@@ -27,10 +29,13 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
+from torch.func import vjp
+
 from localedit.aggregate import fix_signs
-from localedit.hspace import encode
-from localedit.jacobian import MaskedJacobian
-from localedit.models import DiffusionModel
+from localedit.forward_ad import jvp
+from localedit.hspace import decode, encode
+from localedit.models import DiffusionModel, prediction_type
+from localedit.parameterisation import noise_gain
 from localedit.regions import Region
 
 DEFAULT_PENALTY = 3.0
@@ -50,17 +55,25 @@ def contrast_directions(model: DiffusionModel, x_t: torch.Tensor, t: int, region
     """
     if mu < 0 or k < 1:
         raise ValueError(f"need mu >= 0 and k >= 1; got {mu}, {k}")
-    size = model.resolution
-    ops = [MaskedJacobian(model, encode(model.unet, x[None].to(model.device), t), torch.ones(1, size, size))
-           for x in x_t]
-    dim, dtype = ops[0].dim, ops[0].h.dtype
+    state = encode(model.unet, x_t.to(model.device), t)
+    h = state.h
+    # As in the Jacobian engine: the method is stated for the noise prediction, other parameterisations
+    # differ by a scalar per timestep.
+    gain = float(noise_gain(prediction_type(model), model.scheduler.alphas_cumprod[int(state.timesteps[0])]))
+
+    def f(h_):
+        return gain * decode(model.unet, h_, state)
+
+    _, pullback = vjp(f, h)
+    dim, dtype = state.dim, h.dtype
     out = []
     for region in regions:
-        weight = (region.mask - mu * (1 - region.mask)).to(ops[0].h)
+        weight = (region.mask - mu * (1 - region.mask)).to(h)
 
         def matvec(v, weight=weight):
-            v = torch.as_tensor(np.asarray(v).reshape(-1), dtype=dtype).view(1, -1, 1)
-            return sum(op.vjp(op.jvp(v) * weight).reshape(-1).double() for op in ops).numpy()
+            v = torch.as_tensor(np.asarray(v).reshape(-1), dtype=dtype).view(1, *h.shape[1:]).expand_as(h)
+            change = jvp(f, (h,), (v.contiguous(),))[1]  # J_i v for every image i: (n, C, H, W)
+            return pullback(change * weight)[0].sum(0).reshape(-1).double().numpy()
 
         operator = LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
         try:

@@ -44,7 +44,8 @@ class EditSchedule:
 
 @dataclass
 class Edit:
-    """A unit h-space direction and one relative strength per batch element."""
+    """A unit h-space direction, (d,), or one per batch element, (n, d), and one relative strength per batch
+    element, (n,)."""
 
     direction: torch.Tensor
     alphas: torch.Tensor

@@ -34,6 +34,9 @@ def unit_direction(direction: torch.Tensor, model: DiffusionModel) -> torch.Tens
     return v / norm
 
 
+EDIT_BATCH = 64  # images denoised at once by ``edit_many``: big enough to amortise per-call overhead on a CPU
+
+
 def edit(
     model: DiffusionModel,
     images: torch.Tensor | None,
@@ -52,12 +55,39 @@ def edit(
         raise ValueError("give exactly one of images or x_T")
     if x_T is None:
         x_T = invert(model, images.to(model.device) * 2 - 1, num_steps)
-    v = unit_direction(direction, model).to(model.device)
-    a = torch.as_tensor(list(alphas), dtype=torch.float32, device=model.device)
-    n, m = x_T.shape[0], len(a)
-    batch = x_T.repeat_interleave(m, 0)
-    out = denoise(model, batch, num_steps, edit=Edit(v, a.repeat(n), schedule))
-    return to_unit(out).view(n, m, *out.shape[1:])
+    return edit_many(model, x_T, unit_direction(direction, model)[None], alphas, schedule, num_steps)[0]
+
+
+def edit_many(
+    model: DiffusionModel,
+    x_T: torch.Tensor,
+    directions: torch.Tensor,
+    alphas: Sequence[float] | torch.Tensor,
+    schedule: EditSchedule = EditSchedule(),
+    num_steps: int = DEFAULT_STEPS,
+) -> torch.Tensor:
+    """Edit the images with inverted latents ``x_T`` (n, C, H, W) along each row of ``directions`` (m, d) at every
+    alpha (k of them, or per direction: a tensor (m, k)): returns (m, n, k, C, H, W) in [0, 1].
+
+    The (direction, image, alpha) triples are denoised together in batches of ``EDIT_BATCH``
+    (each element with its own h shift), which on a CPU is several times faster than one
+    direction at a time. Raises ValueError for a direction of the wrong size or zero norm.
+    """
+    V = torch.stack([unit_direction(v, model) for v in directions]).to(model.device)
+    x_T = x_T.to(model.device)
+    m, n = len(V), x_T.shape[0]
+    a = torch.as_tensor(alphas if torch.is_tensor(alphas) else list(alphas), dtype=torch.float32, device=model.device)
+    a = a.expand(m, -1) if a.ndim == 1 else a
+    k = a.shape[1]
+    # Element (j, i, l) of the flattened batch: direction j, image i, alpha l.
+    direction_of = torch.arange(m, device=model.device).repeat_interleave(n * k)
+    latent_of = torch.arange(n, device=model.device).repeat_interleave(k).repeat(m)
+    alpha_of = a.repeat_interleave(n, 0).reshape(-1)
+    out = []
+    for chunk in torch.arange(m * n * k, device=model.device).split(EDIT_BATCH):
+        edit_ = Edit(V[direction_of[chunk]], alpha_of[chunk], schedule)
+        out.append(to_unit(denoise(model, x_T[latent_of[chunk]], num_steps, edit=edit_)))
+    return torch.cat(out).view(m, n, k, *out[0].shape[1:])
 
 
 def _to_pil(img: torch.Tensor, scale: int) -> Image.Image:

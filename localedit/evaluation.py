@@ -27,20 +27,18 @@ from tqdm.auto import tqdm
 from localedit.baselines import METHODS, Direction, method_directions
 from localedit.ddim import DEFAULT_STEPS, EditSchedule, denoise, invert
 from localedit.editing import edit, to_unit, write_strip
-from localedit.metrics import Perceptual, image_metrics, total_change
+from localedit.metrics import TARGET_CHANGE, Perceptual, image_metrics, total_change
 from localedit.mining import DEFAULT_K, DEFAULT_T
 from localedit.models import DiffusionModel
-from localedit.probe import FactorProbe, factor_change, load_probe
+from localedit.probe import FactorProbe, factor_change, factor_purity, load_probe, region_factors, scope_factors
 from localedit.references import REFERENCE_PREFIX, TWINS, reference_directions, trained_on_generator
 from localedit.regions import Region, resolve_regions
 from localedit.samples import SAMPLES_DIR, load_samples
 from localedit.summary import save_results
-from localedit.synthetic import CLOSED_EYE, FACTOR_SCOPE
+from localedit.synthetic import CLOSED_EYE, GLOBAL_SCOPE
 from localedit.variation import fit_region_variation
 
-TARGET_CHANGE = 0.03  # RMS pixel change (images in [0, 1]) every direction is matched to
 SWEEP = (-2.0, -1.0, -0.5, 0.5, 1.0, 2.0)  # multiples of the matched alpha for strips and locality-vs-alpha
-REGION_SCOPE = {"left_eye": "eyes", "right_eye": "eyes"}  # sub-regions whose factors are the parent's
 
 
 @dataclass
@@ -153,23 +151,6 @@ def match_strength(measure: Callable[[float], tuple[float, object]], target: flo
     return best
 
 
-def region_factors(region: str) -> list[str]:
-    """Generator factors acting on a region (empty for regions the generator has no factor for)."""
-    scope = REGION_SCOPE.get(region, region)
-    return [f for f, s in FACTOR_SCOPE.items() if s == scope]
-
-
-def factor_purity(changes: pd.DataFrame, region: str) -> np.ndarray:
-    """Per edit, the share of squared standardised factor change on the region's factors; NaN if it has none."""
-    own = [f for f in region_factors(region) if f in changes.columns]
-    if not own:
-        return np.full(len(changes), np.nan)
-    total = (changes.to_numpy() ** 2).sum(1)
-    inside = (changes[own].to_numpy() ** 2).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, inside / total, np.nan)
-
-
 @dataclass
 class Scorer:
     """What scoring needs besides the direction: the regions, the metric networks, the edit schedule, the target change."""
@@ -204,7 +185,8 @@ def score_edits(direction: Direction, images: ImageSet, index: Sequence[int], ed
         metrics = image_metrics(original, flat, scorer.regions[name].mask, scorer.perceptual)
         frame = ids.assign(region=name, **{k: (None if v is None else v.numpy()) for k, v in metrics.items()})
         if changes is not None:
-            frame = frame.assign(factor_purity=factor_purity(changes, name),
+            frame = frame.assign(factor_purity=factor_purity(changes, region_factors(name)),
+                                 global_purity=factor_purity(changes, scope_factors(GLOBAL_SCOPE)),
                                  **{f"factor_{c}": changes[c].to_numpy() for c in changes.columns})
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

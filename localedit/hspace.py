@@ -97,10 +97,12 @@ def decode(unet: UNet2DModel, h: torch.Tensor, state: HState) -> torch.Tensor:
 
 @contextmanager
 def shift_h(unet: UNet2DModel, direction: torch.Tensor | None, alphas: torch.Tensor | None = None) -> Iterator[None]:
-    """Add ``alpha_i * ||h_i|| * direction`` to each sample's h during the forward passes inside.
+    """Add ``alpha_i * ||h_i|| * direction_i`` to each sample's h during the forward passes inside.
 
-    alpha is relative to the norm of h so that one scale means the same across models and
-    timesteps. The hook is removed on exit, whatever happens inside.
+    ``direction``: one unit direction for every sample, shape (d,), or one per sample, (n, d)
+    (many directions edited in one batch); ``alphas``: (n,). alpha is relative to the norm of h
+    so that one scale means the same across models and timesteps. The hook is removed on exit,
+    whatever happens inside.
     """
     if direction is None:
         yield
@@ -109,7 +111,7 @@ def shift_h(unet: UNet2DModel, direction: torch.Tensor | None, alphas: torch.Ten
     def hook(_module, _inputs, output):
         flat = output.flatten(1)
         scale = alphas.to(output) * flat.norm(dim=1)
-        return output + scale.view(-1, 1, 1, 1) * direction.to(output).view(1, *output.shape[1:])
+        return output + scale.view(-1, 1, 1, 1) * direction.to(output).view(-1, *output.shape[1:])
 
     handle = unet.mid_block.register_forward_hook(hook)
     try:

@@ -11,15 +11,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from localedit.ddim import DEFAULT_STEPS, EditSchedule, denoise
-from localedit.editing import edit, to_unit
-from localedit.metrics import locality
+from localedit.editing import edit_many, to_unit
+from localedit.metrics import TARGET_CHANGE, locality, total_change
 from localedit.models import DiffusionModel
-from localedit.probe import FactorProbe, factor_change
+from localedit.probe import FactorProbe, factor_change, factor_purity, region_factors
 
-LABEL_ALPHA = 0.2  # relative to ||h||: about the strength at which local directions reach 0.03 RMS change
+PROBE_ALPHA = 0.1  # relative to ||h||: the first, probing edit, from which the matched strength is extrapolated
+ALPHA_RANGE = (1e-3, 4.0)  # the matched alpha is kept inside this range (a dead direction does not explode)
 
 
 @dataclass
@@ -29,24 +31,40 @@ class Reading:
     label: str  # the factor moved most ("" without a probe)
     label_share: float  # its share of the probe's squared standardised change, in [0, 1]
     locality: float  # median over images of the more local sign's share of change inside the region
+    purity: float  # share of the probe's squared change on the region's factors (global ones for a joint region)
+    alpha: float  # the strength read at, relative to ||h||
 
 
-def read_edits(model: DiffusionModel, x_T: torch.Tensor, vectors: torch.Tensor, masks: torch.Tensor,
-               probe: FactorProbe | None = None, alpha: float = LABEL_ALPHA,
+def read_edits(model: DiffusionModel, x_T: torch.Tensor, vectors: torch.Tensor, regions: Sequence[str],
+               masks: torch.Tensor, probe: FactorProbe | None = None, target: float = TARGET_CHANGE,
                schedule: EditSchedule = EditSchedule(), num_steps: int = DEFAULT_STEPS) -> list[Reading]:
     """Edit the images with latents ``x_T`` (n, C, H, W) at +-alpha along each row of ``vectors`` (m, d) and read
-    the edits: label (with ``probe``) and better-sign locality in the direction's region ``masks[j]`` (H, W)."""
-    reference = to_unit(denoise(model, x_T.to(model.device), num_steps))
+    the edits of row j: label and purity (with ``probe``) for region name ``regions[j]``, and better-sign locality
+    in its mask ``masks[j]`` (H, W).
+
+    Like the evaluation, directions are compared at matched strength: a probing edit at
+    ``PROBE_ALPHA`` gives each direction's RMS change, and alpha is scaled so the change would be
+    ``target`` (one linear step, not the evaluation's bisection: edits are near linear at these
+    strengths). Both passes run every m x n x 2 edit batched (``editing.edit_many``).
+    """
+    reference = to_unit(denoise(model, x_T.to(model.device), num_steps)).repeat_interleave(2, 0)
+    probing = edit_many(model, x_T, vectors, [PROBE_ALPHA, -PROBE_ALPHA], schedule, num_steps)
+    change = total_change(reference.expand(len(vectors), *reference.shape).flatten(0, 1),
+                          probing.flatten(0, 2)).view(len(vectors), -1).mean(1)
+    alphas = (PROBE_ALPHA * target / change.clamp_min(1e-12)).clamp(*ALPHA_RANGE)
+    edited = edit_many(model, x_T, vectors, torch.stack([alphas, -alphas], 1), schedule, num_steps)
     out = []
-    for v, mask in zip(vectors, masks):
-        edited = edit(model, None, v, [alpha, -alpha], schedule, num_steps, x_T=x_T.to(model.device))
-        shares = locality(reference.repeat_interleave(2, 0), edited.flatten(0, 1), mask).view(-1, 2)
-        label, share = "", float("nan")
+    for region, mask, edits, alpha in zip(regions, masks, edited, alphas.tolist()):
+        shares = locality(reference, edits.flatten(0, 1), mask).view(-1, 2)
+        label, share, purity = "", float("nan"), float("nan")
         if probe is not None:
-            energy = (factor_change(probe, reference.repeat_interleave(2, 0), edited.flatten(0, 1)) ** 2).sum(0)
+            changes = factor_change(probe, reference, edits.flatten(0, 1))
+            energy = (changes**2).sum(0)
             label = str(energy.idxmax())
             share = float(energy[label] / energy.sum()) if float(energy.sum()) > 0 else float("nan")
-        out.append(Reading(label, share, float(shares.nan_to_num(0).amax(1).median())))
+            purities = factor_purity(changes, region_factors(region))
+            purity = float("nan") if np.isnan(purities).all() else float(np.nanmedian(purities))
+        out.append(Reading(label, share, float(shares.nan_to_num(0).amax(1).median()), purity, alpha))
     return out
 
 

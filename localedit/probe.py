@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from localedit.paths import DATA_DIR
-from localedit.synthetic import FACTORS, GENERATOR_VERSION, sample_factors, sample_faces
+from localedit.synthetic import FACTOR_SCOPE, FACTORS, GENERATOR_VERSION, GLOBAL_SCOPE, REGION_SCOPE, sample_factors, sample_faces
 
 DEFAULT_DIR = DATA_DIR / "models" / "probe"
 WEIGHTS = "probe.safetensors"
@@ -251,6 +251,29 @@ def factor_change(probe: FactorProbe, original: torch.Tensor, edited: torch.Tens
     circ = np.array(probe.circular)
     delta[:, circ] = _wrap(delta[:, circ])
     return pd.DataFrame(delta / probe.std.numpy(), columns=probe.factors)
+
+
+def scope_factors(scope: str) -> list[str]:
+    """Generator factors whose scope is ``scope`` (a region, "face", "hair", "background" or "global")."""
+    return [f for f, s in FACTOR_SCOPE.items() if s == scope]
+
+
+def region_factors(region: str) -> list[str]:
+    """Generator factors acting on a region: a preset's own (empty if the generator has none), a sub-region's
+    parent's, and for a joint region (names joined by "+", see ``localedit.catalogue``) the global factors."""
+    return scope_factors(GLOBAL_SCOPE if "+" in region else REGION_SCOPE.get(region, region))
+
+
+def factor_purity(changes: pd.DataFrame, factors: list[str]) -> np.ndarray:
+    """Per edit (row of ``factor_change``'s frame), the share in [0, 1] of squared standardised factor change that
+    falls on ``factors``; NaN where none of them is read or nothing changed."""
+    own = [f for f in factors if f in changes.columns]
+    if not own:
+        return np.full(len(changes), np.nan)
+    total = (changes.to_numpy() ** 2).sum(1)
+    inside = (changes[own].to_numpy() ** 2).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, inside / total, np.nan)
 
 
 def main() -> None:

@@ -10,7 +10,9 @@ the yardstick mined directions are compared with (|cos| to them, and reference r
 evaluation, named ``reference_<factor>``).
 
 References are computed once per (model fingerprint, t, DDIM steps) and cached as safetensors
-under ``$LOCALEDIT_CACHE`` (default ``~/.cache/localedit``).
+under ``$LOCALEDIT_CACHE`` (default ``~/.cache/localedit``). A model folder may carry them too
+(the bundled model ships the default run's, so a fresh clone need not spend ~2 CPU minutes on
+them); regenerate those with ``python -m localedit.references``.
 """
 
 from __future__ import annotations
@@ -101,15 +103,18 @@ def reference_directions(model: DiffusionModel, t: int, num_steps: int = DEFAULT
                          seed: int = TWIN_SEED, cache: Path | None = None) -> dict[str, torch.Tensor]:
     """Factor -> unit reference direction (d,) at the grid timestep nearest t; cached per model.
 
-    Only meaningful for models trained on ``localedit.synthetic`` faces (the bundled one): on
-    any other model the twins are out of distribution.
+    Read from the model's folder or ``cache`` (default ``cache_dir()``) when there, else computed
+    and written to ``cache``. Only meaningful for models trained on ``localedit.synthetic`` faces
+    (the bundled one): on any other model the twins are out of distribution.
     """
     t = grid_timestep(model, t, num_steps)
-    path = (cache or cache_dir()) / f"references-{model.fingerprint}-t{t}-s{num_steps}-p{pairs}-seed{seed}.safetensors"
-    if path.exists():
-        stored = load_file(path)
-        if set(stored) == {twin.factor for twin in TWINS}:
-            return stored
+    name = f"references-{model.fingerprint}-t{t}-s{num_steps}-p{pairs}-seed{seed}.safetensors"
+    path = (cache or cache_dir()) / name
+    for stored_at in (Path(model.source) / name, path):
+        if stored_at.is_file():
+            stored = load_file(stored_at)
+            if set(stored) == {twin.factor for twin in TWINS}:
+                return stored
     found = {}
     for twin in TWINS:
         high, low = _twin_h(model, twin, t, num_steps, pairs, seed)
@@ -119,3 +124,17 @@ def reference_directions(model: DiffusionModel, t: int, num_steps: int = DEFAULT
     save_file({k: v.contiguous() for k, v in found.items()}, str(tmp))
     os.replace(tmp, path)
     return found
+
+
+def main() -> None:
+    """Write the default run's references into the bundled model's folder (after retraining it)."""
+    from localedit.mining import DEFAULT_T
+    from localedit.models import BUNDLED_MODEL_DIR, load_model
+
+    model = load_model("bundled")
+    reference_directions(model, DEFAULT_T, cache=BUNDLED_MODEL_DIR)
+    print(f"wrote the references of {model.fingerprint} to {BUNDLED_MODEL_DIR}")
+
+
+if __name__ == "__main__":
+    main()

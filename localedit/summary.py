@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 SUMMARY_METRICS = ("locality", "outside_psnr", "outside_ssim", "inside_strength", "lpips", "lpips_outside",
-                   "factor_purity", "total_change", "locality_best_sign", "factor_purity_best_sign")
+                   "factor_purity", "global_purity", "total_change", "locality_best_sign", "factor_purity_best_sign")
 
 
 def bootstrap_median(values, groups, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:

@@ -37,6 +37,9 @@ FACTOR_SCOPE: dict[str, str] = {
     "face_width": "global",
 }
 FACTORS = list(FACTOR_SCOPE)
+GLOBAL_SCOPE = "global"
+# Sub-regions whose factors are the parent's.
+REGION_SCOPE = {"left_eye": "eyes", "right_eye": "eyes"}
 
 _SKIN = torch.tensor([[0.96, 0.80, 0.69], [0.87, 0.65, 0.50], [0.62, 0.42, 0.30], [0.40, 0.26, 0.18]])
 _HAIR = torch.tensor([[0.08, 0.06, 0.05], [0.35, 0.20, 0.10], [0.85, 0.70, 0.35], [0.70, 0.25, 0.10], [0.70, 0.70, 0.72]])

@@ -59,7 +59,7 @@ def prepare_evaluation(run_dir: str, heldout: int, sources: int, target: float, 
     perceptual = load_lpips()
     probe, probe_note = load_probe_or_note()
     regions = {name: cat.regions[name] for name in attrs["regions"]}
-    settings = {"model_source": attrs["model_source"], "model_fingerprint": attrs["model_fingerprint"],
+    settings = {"run_dir": str(run_dir), "model_source": attrs["model_source"], "model_fingerprint": attrs["model_fingerprint"],
                 "run_id": attrs["run_id"], "regions": ",".join(attrs["regions"]),
                 "chance_locality": {name: round(r.fraction, 3) for name, r in regions.items()}, "source_images": n_source,
                 "heldout_images": heldout, "target_change": target, "t": attrs["t"], "k": attrs["k"],
@@ -99,9 +99,12 @@ def baseline_directions(plan: dict, index: int) -> list[Direction]:
     """The other methods' directions on source image ``index`` (the run's own come from its catalogue)."""
     model = _model(plan)
     source, settings = plan["source"], plan["settings"]
+    store = RunStore(settings["run_dir"])
+    mined = [store.subspace(index, block) for block in store.config.blocks]  # the run's own, at the same latent
     found, _ = method_directions(model, None, list(plan["scorer"].regions.values()), source.keys[index],
                                  settings["t"], settings["k"], source.num_steps, seed=index,
-                                 x_T=source.x_T[index : index + 1].to(model.device), jive=settings["jive"])
+                                 x_T=source.x_T[index : index + 1].to(model.device), jive=settings["jive"],
+                                 mined=mined if settings["complements"] else None)
     provided = catalogue_methods(settings["complements"])
     return [d for d in found if d.method not in provided]
 
@@ -122,9 +125,9 @@ def match_task(plan: dict, direction: Direction) -> dict:
 
 
 @task(name="score-direction", **GPU_TASK_OPTIONS)
-def score_task(plan: dict, direction: Direction, matched: dict, index: int) -> pd.DataFrame:
-    """One (direction x held-out image) pair at the matched +-alpha."""
-    return score_direction(_model(plan), direction, plan["heldout"], [index], matched["match"], plan["scorer"])
+def score_task(plan: dict, direction: Direction, matched: dict, index: list[int]) -> pd.DataFrame:
+    """A direction on held-out images ``index`` at the matched +-alpha, edited in one batch."""
+    return score_direction(_model(plan), direction, plan["heldout"], index, matched["match"], plan["scorer"])
 
 
 @task(name="sweep-direction", **GPU_TASK_OPTIONS)

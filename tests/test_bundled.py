@@ -70,3 +70,21 @@ def test_clean_image_estimate_beats_guessing_the_mean_at_every_timestep(bundled)
     assert errors == pytest.approx(card, abs=0.01)
     assert max(errors.values()) < data_std
     assert list(errors.values()) == sorted(errors.values())  # harder as the noise grows
+
+
+def test_shipped_references_are_read_not_recomputed_and_match_fresh_twins(bundled, tmp_path, monkeypatch):
+    """The bundled model carries the default run's references (no ~2 CPU minutes on a fresh clone); they are what
+    the twins give: the eye-openness twins, drawn again, give the shipped direction."""
+    from localedit import references
+    from localedit.mining import DEFAULT_T
+
+    def no_twins(*args, **kwargs):
+        raise AssertionError("the shipped references were recomputed")
+
+    monkeypatch.setattr(references, "_twin_h", no_twins)
+    shipped = references.reference_directions(bundled, DEFAULT_T, cache=tmp_path)
+    assert set(shipped) == {twin.factor for twin in references.TWINS} and not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    high, low = references._twin_h(bundled, references.TWINS[0], DEFAULT_T, 50, references.TWIN_PAIRS,
+                                   references.TWIN_SEED)
+    torch.testing.assert_close(references.twin_direction(high, low), shipped["eye_openness"], atol=1e-4, rtol=0)

@@ -6,6 +6,7 @@ import torch
 
 from localedit import catalogue
 from localedit.jive import JIVE
+from localedit.labels import ALPHA_RANGE
 from localedit.mining import Split
 from localedit.models import DiffusionModel
 from localedit.store import RunStore
@@ -123,7 +124,8 @@ def test_rebuilding_with_a_stricter_filter_replaces_the_catalogue(built):
 @pytest.mark.parametrize("n", [12, 4])
 def test_with_the_model_the_most_local_family_takes_the_individual_ids(tmp_path, tiny_model, n, monkeypatch):
     """Region variation (with enough images: 10), region contrast and JIVE rows; per region, the family
-    whose top direction edited the run's images most locally is listed as eyes/individual/r; the
+    whose top direction edited the run's images most locally (no probe: no purity) is listed as
+    eyes/individual/r; the top LABEL_RANKS of each family are read at matched strength; the
     region-variation vectors are the estimator's own on the images' h."""
     from localedit.hspace import encode, h_shape
     from localedit.variation import RegionVariation
@@ -151,7 +153,9 @@ def test_with_the_model_the_most_local_family_takes_the_individual_ids(tmp_path,
         top = rows[rows["rank"] == 0].set_index("method")["edit_locality"]
         chosen = rows[rows["id"] == f"{region}/individual/0"]["method"].item()
         assert top[chosen] == top.max()
-        assert rows["edit_locality"].between(0, 1).all()
+        read = rows["rank"] < catalogue.LABEL_RANKS
+        assert rows.loc[read, "edit_locality"].between(0, 1).all() and rows.loc[~read, "edit_locality"].isna().all()
+        assert rows.loc[read, "edit_alpha"].between(*ALPHA_RANGE).all()  # read at (near) matched strength
     if n < RegionVariation().min_images:
         return
     x_t = torch.stack([store.x_t(i) for i in range(n)])
@@ -159,3 +163,18 @@ def test_with_the_model_the_most_local_family_takes_the_individual_ids(tmp_path,
     mouth = frame[(frame["region"] == "mouth") & (frame["method"] == "region_variation") & (frame["rank"] == 1)]
     assert torch.allclose(cat.vector(mouth["id"].item()), fit.directions_[1][:, 1], atol=1e-5)
     assert frame["label"].eq("").all()  # no probe given: no labels
+
+
+def test_a_local_but_impure_family_loses_the_individual_ids_to_a_pure_one():
+    """The family choice weighs the probe's purity: 0.95 local moving the wrong factor loses to 0.85 local and pure;
+    without a probe reading (purity NaN) locality alone decides; unread lower ranks keep their family ids."""
+    from localedit.labels import Reading
+
+    v = torch.zeros(4)
+    found = [("eyes", "region_contrast", {}, v), ("eyes", "region_contrast", {}, v), ("eyes", "region_variation", {}, v),
+             ("mouth", "region_contrast", {}, v), ("mouth", "region_variation", {}, v), ("eyes+mouth", "jive_joint", {}, v)]
+    nan = float("nan")
+    readings = [Reading("skin_tone", 0.4, 0.95, 0.6, 0.1), None, Reading("eye_openness", 0.8, 0.85, 0.87, 0.1),
+                Reading("", nan, 0.9, nan, 0.1), Reading("", nan, 0.3, nan, 0.1), None]
+    assert catalogue._ids(found, readings) == ["eyes/contrast/0", "eyes/contrast/1", "eyes/individual/0",
+                                               "mouth/individual/0", "mouth/variation/0", "joint/0"]

@@ -3,7 +3,8 @@ import torch
 from PIL import Image
 
 from localedit.ddim import EditSchedule
-from localedit.editing import edit, unit_direction, write_strip
+from localedit import editing
+from localedit.editing import edit, edit_many, unit_direction, write_strip
 from localedit.hspace import h_shape
 
 
@@ -17,6 +18,22 @@ def test_zero_alpha_is_the_reconstruction_and_edits_grow_with_alpha(tiny_model):
     small = (out[:, 1] - out[:, 0]).abs().mean()
     large = (out[:, 2] - out[:, 0]).abs().mean()
     assert 0 < small < large
+
+
+def test_batched_edits_equal_one_direction_at_a_time(tiny_model, monkeypatch):
+    """edit_many gives each batch element its own direction and alpha, across batch chunks too."""
+    monkeypatch.setattr(editing, "EDIT_BATCH", 5)  # 3 directions x 2 images x 2 alphas = 12 split into 5, 5, 2
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(2, 3, 16, 16, generator=g)
+    V = torch.randn(3, torch.Size(h_shape(tiny_model.unet)).numel(), generator=g)
+    alphas = torch.tensor([[0.1, -0.1], [0.3, 0.0], [0.2, -0.4]])
+    both = edit_many(tiny_model, x_T, V, alphas, num_steps=6)
+    assert both.shape == (3, 2, 2, 3, 16, 16)
+    for j in range(3):
+        torch.testing.assert_close(both[j], edit(tiny_model, None, V[j], alphas[j].tolist(), num_steps=6, x_T=x_T),
+                                   atol=1e-5, rtol=1e-4)
+    shared = edit_many(tiny_model, x_T, V, [0.1, -0.1], num_steps=6)
+    torch.testing.assert_close(shared[0], both[0], atol=1e-5, rtol=1e-4)
 
 
 def test_schedule_limits_where_the_edit_acts(tiny_model):

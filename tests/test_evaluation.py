@@ -9,8 +9,8 @@ import torch
 from diffusers import DDPMScheduler
 
 from localedit.baselines import METHODS, REGION_FREE, Direction, method_directions
-from localedit.evaluation import (Match, Scorer, apply_direction, compare, factor_purity, match_strength,
-                                  prepare_images, region_factors, score_edits)
+from localedit.evaluation import Match, Scorer, apply_direction, compare, match_strength, prepare_images, score_edits
+from localedit.probe import factor_purity, region_factors
 from localedit.hspace import h_shape
 from localedit.metrics import random_backbone_lpips
 from localedit.regions import box
@@ -58,11 +58,16 @@ def test_match_strength_rejects_a_non_positive_target():
 def test_factor_purity_is_the_region_share_of_squared_factor_change():
     changes = pd.DataFrame({"eye_openness": [2.0, 0.0, 1.0, 0.0], "iris_color": [0.0, 0.0, 0.0, 0.0],
                             "mouth_curvature": [0.0, 3.0, 1.0, 0.0], "lighting": [0.0, 0.0, 1.0, 0.0]})
-    np.testing.assert_allclose(factor_purity(changes, "eyes"), [1.0, 0.0, 1 / 3, np.nan])
-    np.testing.assert_allclose(factor_purity(changes, "mouth"), [0.0, 1.0, 1 / 3, np.nan])
-    np.testing.assert_allclose(factor_purity(changes, "left_eye"), factor_purity(changes, "eyes"))
-    assert np.isnan(factor_purity(changes, "somewhere")).all()
+    def purity(region):
+        return factor_purity(changes, region_factors(region))
+
+    np.testing.assert_allclose(purity("eyes"), [1.0, 0.0, 1 / 3, np.nan])
+    np.testing.assert_allclose(purity("mouth"), [0.0, 1.0, 1 / 3, np.nan])
+    np.testing.assert_allclose(purity("left_eye"), purity("eyes"))
+    np.testing.assert_allclose(purity("eyes+mouth"), [0.0, 0.0, 1 / 3, np.nan])  # a joint region: global factors
+    assert np.isnan(purity("somewhere")).all()
     assert set(region_factors("eyes")) == {"eye_openness", "iris_color"}
+    assert "lighting" in region_factors("eyes+mouth") and "skin_tone" not in region_factors("eyes+mouth")
 
 
 def test_bootstrap_interval_resamples_images_not_rows():

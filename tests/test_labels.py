@@ -1,0 +1,27 @@
+import torch
+
+from localedit.ddim import denoise
+from localedit.editing import edit, to_unit
+from localedit.hspace import h_shape
+from localedit.labels import PROBE_ALPHA, read_edits
+from localedit.metrics import total_change
+
+
+def test_edits_are_read_at_matched_strength(tiny_model):
+    """Each direction is read at the alpha whose RMS change is near the target, however strong it is per unit alpha."""
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(2, 3, 16, 16, generator=g)
+    d = torch.Size(h_shape(tiny_model.unet)).numel()
+    V = torch.randn(3, d, generator=g)
+    mask = torch.zeros(16, 16)
+    mask[4:12, 4:12] = 1
+    readings = read_edits(tiny_model, x_T, V, ["eyes"] * 3, mask.expand(3, 16, 16), target=0.01, num_steps=6)
+    reference = to_unit(denoise(tiny_model, x_T, 6))
+    alphas = [r.alpha for r in readings]
+    assert len(set(alphas)) == 3 and PROBE_ALPHA not in alphas
+    for v, r in zip(V, readings):
+        edited = edit(tiny_model, None, v, [r.alpha, -r.alpha], num_steps=6, x_T=x_T)
+        change = total_change(reference.repeat_interleave(2, 0), edited.flatten(0, 1)).mean()
+        assert 0.5 < change / 0.01 < 2.0
+        assert 0 <= r.locality <= 1 and r.label == "" and r.purity != r.purity  # no probe: no label, purity NaN
+
