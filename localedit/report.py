@@ -50,7 +50,8 @@ METHOD_COLUMNS = [
     ("transfer_factor_purity_best_sign", "transfer purity, better sign", 2),
     ("outside_psnr", "outside PSNR dB", 1), ("outside_ssim", "outside SSIM", 3), ("lpips", "LPIPS", 4),
     ("lpips_outside", "LPIPS outside", 4), ("factor_purity", "factor purity", 2),
-    ("transfer_factor_purity", "transfer purity", 2), ("inside_strength", "inside RMS", 3),
+    ("transfer_factor_purity", "transfer purity", 2), ("transfer_global_purity", "transfer global-factor purity", 2),
+    ("inside_strength", "inside RMS", 3),
     ("transfer_total_change", "transfer RMS change", 3),
 ]
 STYLE = """
