@@ -14,6 +14,7 @@ runner="dask")`` sends them to a ``dask.distributed`` cluster instead, a local o
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from contextlib import nullcontext
 from datetime import datetime
@@ -32,6 +33,7 @@ from tasks.prepare import plan_run, prepare_run
 from tasks.runtime import WORKER_CORES_ENV, cores, local_slots, wait_all
 
 RUNNERS = ("local", "dask")
+OMP_WAIT_POLICY = "OMP_WAIT_POLICY"  # read by OpenMP when torch loads: set in a worker's environment
 
 
 @flow(name="mine-directions", task_runner=ThreadPoolTaskRunner(max_workers=local_slots()))
@@ -138,10 +140,14 @@ def task_runner(runner: str = "local", dask_address: str | None = None, workers:
     if dask_address:
         return DaskTaskRunner(address=dask_address)
     n = workers or cores()
+    # One task at a time per worker, so a worker's Jacobian gets all of its cores (tasks.runtime).
+    # Its OpenMP threads sleep at barriers instead of spinning: on a machine whose cores are also
+    # busy with other work, spinning threads that wait for a descheduled one made a 2-thread
+    # Jacobian ~4x slower than a 1-thread one (benchmarks/RESULTS.md).
+    env = {WORKER_CORES_ENV: str(max(1, cores() // n)), OMP_WAIT_POLICY: os.environ.get(OMP_WAIT_POLICY, "PASSIVE")}
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
         "n_workers": n, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
-        "dashboard_address": None, "env": {WORKER_CORES_ENV: str(max(1, cores() // n))},
-        "resources": {"GPU": 1} if gpu else None,
+        "dashboard_address": None, "env": env, "resources": {"GPU": 1} if gpu else None,
     })
 
 
