@@ -1,14 +1,23 @@
-"""Pipeline benchmark: image-region pairs mined per minute by the mining flow, and what orchestration costs.
+"""Pipeline benchmark: image-region pairs mined per minute, how busy the cores are, and what orchestration costs.
 
-Runs ``flows/mine.py`` on the bundled model over N images sampled from it (16 and 64 by default),
-in process and on a 2-worker Dask ``LocalCluster``, against a loopback Prefect server of its own
-(Dask workers are separate processes and report their task runs to it). From the task runs'
-start and end times it measures the share of the flow's wall time during which no task ran
-(submission, scheduling, the catalogue: orchestration overhead), and the framework's time
-inside task runs beyond the task bodies.
+Runs ``flows/mine.py`` on the bundled model over N images sampled from it, once per runner
+(in process; Dask ``LocalCluster``s of 1 and 2 workers), against a loopback Prefect server of
+its own (Dask workers are separate processes and report their task runs to it). Every run is
+a fresh child process, so each pays the same start-up and its CPU time (Dask workers'
+included: they are its children) is its own. ``--baseline REF`` adds a run of the pipeline as
+it was at git revision REF (in process; the tree is exported to a temporary folder), so old
+and new are measured in the same invocation, minutes apart: on a shared machine only such
+ratios mean anything.
 
-    python benchmarks/pipeline.py                 # 16 and 64 images, in process and on Dask
-    python benchmarks/pipeline.py --images 4 --json
+Per run: pairs per minute; ``core_utilisation`` = CPU seconds of the run's processes /
+(wall seconds x cores); ``machine_busy``, the same share for every process on the machine (what
+others took is the difference); the share of the flow's wall time with no task running
+(orchestration); the share of task-run time outside task bodies (in process, mostly waiting for
+the Jacobian lock); peak RSS of the largest process.
+
+    python benchmarks/pipeline.py --quick --json                # 6 images, in process vs Dask: a few minutes
+    python benchmarks/pipeline.py --quick --baseline main --json
+    python benchmarks/pipeline.py                               # 16 and 64 images, local, dask:1, dask:2
 """
 
 from __future__ import annotations
@@ -16,7 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +36,10 @@ from uuid import UUID
 
 from flows.local_server import loopback_server
 
+REPO = Path(__file__).resolve().parent.parent
 REGIONS = "eyes,mouth"
+QUICK = {"images": "6", "runners": "local,dask"}
+FULL = {"images": "16,64", "runners": "local,dask:1,dask:2"}
 
 
 def _union_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -56,43 +71,86 @@ def task_intervals(flow_run_id: str) -> tuple[tuple[float, float], list[tuple[fl
 
 
 def bundled_or_random(workdir: Path) -> tuple[str, str]:
-    """The bundled model when trained, else its architecture with random weights saved to ``workdir``.
-
-    Returns the model argument for the flow and a description for the report.
-    """
+    """The bundled model (as a path, so a baseline tree loads the same weights) when trained, else its
+    architecture with random weights saved to ``workdir``. Returns the model argument and a description."""
     from diffusers import UNet2DModel
 
     from localedit.models import BUNDLED_MODEL_DIR, from_unet, save_model
     from localedit.training import TrainConfig
 
     if (BUNDLED_MODEL_DIR / "config.json").exists():
-        return "bundled", "the bundled model (trained)"
+        return str(BUNDLED_MODEL_DIR), "the bundled model (trained)"
     save_model(from_unet(UNet2DModel(**TrainConfig().unet_config())), workdir / "random-bundled")
     return str(workdir / "random-bundled"), "the bundled architecture, random weights (trained model not yet available)"
 
 
-def mine(model: str, n: int, runner: str, out: Path) -> dict:
-    """One mining run; its throughput and where its wall time went."""
+def export_tree(ref: str, dest: Path) -> Path:
+    """The repository's files at git revision ``ref``, written to ``dest`` (no history, no work tree state)."""
+    archive = dest.with_suffix(".tar")
+    subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", "-o", str(archive), ref], check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU of this process and of its children that have ended (Dask workers, once closed)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat (busy: not idle, not waiting on I/O)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(values[:8])  # guest time is already inside user time
+    return total - values[3] - values[4], total
+
+
+def child(spec: dict) -> dict:
+    """In the child process: one ``run_mining`` call, timed, with the CPU it and its children used."""
     from flows.mine import run_mining
 
-    start = time.perf_counter()
-    summary = run_mining(runner=runner, workers=2 if runner == "dask" else None, out=str(out), model=model,
-                         samples=n, regions=REGIONS, progress=False)
-    end_to_end = time.perf_counter() - start
+    cpu, (busy, ticks), start = _cpu_seconds(), _machine_jiffies(), time.perf_counter()
+    summary = run_mining(**spec)
+    wall = time.perf_counter() - start
+    busy_after, ticks_after = _machine_jiffies()
+    rss = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return {"summary": summary, "wall_seconds": wall, "cpu_seconds": _cpu_seconds() - cpu,
+            "machine_busy": (busy_after - busy) / max(1, ticks_after - ticks), "peak_rss_mb": rss / 1024}
+
+
+def runner_arguments(runner: str) -> dict:
+    """``local``, ``dask`` (the flow's default worker count) or ``dask:N`` -> ``run_mining`` arguments."""
+    name, _, workers = runner.partition(":")
+    return {"runner": name, **({"workers": int(workers)} if workers else {})}
+
+
+def mine(model: str, n: int, runner: str, out: Path, tree: Path = REPO, version: str = "new") -> dict:
+    """One mining run in a fresh child process on ``tree``'s code; its throughput and where its time went."""
+    spec = {**runner_arguments(runner), "out": str(out), "model": model, "samples": n, "regions": REGIONS,
+            "progress": False}
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)], cwd=tree,
+                          env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{version} {runner} run failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    summary, wall = result["summary"], result["wall_seconds"]
     (flow_start, flow_end), spans = task_intervals(summary["flow_run_id"])
     flow_wall = flow_end - flow_start
     in_runs = sum(b - a for a, b in spans)
     pairs = n * len(REGIONS.split(","))
+    cores = len(os.sched_getaffinity(0))
     return {
-        "runner": runner, "images": n, "pairs": pairs,
-        "pairs_per_minute": pairs / end_to_end * 60,
-        "end_to_end_seconds": end_to_end,
+        "version": version, "runner": runner, "images": n, "pairs": pairs,
+        "pairs_per_minute": pairs / wall * 60,
+        "wall_seconds": wall,
+        "cpu_seconds": result["cpu_seconds"],
+        "core_utilisation": result["cpu_seconds"] / (wall * cores),
+        "machine_busy": result["machine_busy"],
+        "peak_rss_mb": result["peak_rss_mb"],
         "flow_run_seconds": flow_wall,
         "outside_tasks_share": 1 - _union_seconds(spans) / flow_wall,
-        # Where the time outside tasks goes: before the first task run, after the last one
-        # (building the catalogue), and the gaps in between (scheduling).
-        "before_first_task_seconds": min(a for a, _ in spans) - flow_start,
-        "after_last_task_seconds": flow_end - max(b for _, b in spans),
         # Prefect's own work in a task run, and (in process) waiting for the Jacobian lock.
         "task_run_share_outside_bodies": 1 - summary["task_seconds"] / in_runs,
         "task_body_seconds": summary["task_seconds"],
@@ -101,47 +159,96 @@ def mine(model: str, n: int, runner: str, out: Path) -> dict:
     }
 
 
+def ratios(rows: list[dict]) -> dict:
+    """Per image count, throughput ratios of runs measured in this invocation (new in-process is the base)."""
+    by = {(r["version"], r["runner"], r["images"]): r["pairs_per_minute"] for r in rows}
+    out = {}
+    for n in sorted({r["images"] for r in rows}):
+        base = by.get(("new", "local", n))
+        if base is None:
+            continue
+        entry = {f"{runner.replace(':', '_')}_over_inprocess": rate / base
+                 for (version, runner, m), rate in by.items() if m == n and version == "new" and runner != "local"}
+        if ("old", "local", n) in by:
+            entry["new_over_old"] = base / by["old", "local", n]
+        out[n] = entry
+    return out
+
+
+def headline(rows: list[dict]) -> dict:
+    """The figures the issue asks for, from the largest image count: new in-process core utilisation,
+    Dask over in-process (the flow's default worker count if it ran, else the best Dask run), new over
+    old pairs per minute."""
+    n = max(r["images"] for r in rows)
+    pick = {(r["version"], r["runner"]): r for r in rows if r["images"] == n}
+    local = pick["new", "local"]
+    figures = {"images": n, "core_utilisation": local["core_utilisation"], "machine_busy": local["machine_busy"]}
+    dask = [r for (version, runner), r in pick.items() if version == "new" and runner.startswith("dask")]
+    if dask:
+        chosen = pick.get(("new", "dask")) or max(dask, key=lambda r: r["pairs_per_minute"])
+        figures["dask_runner"] = chosen["runner"]
+        figures["dask_over_inprocess"] = chosen["pairs_per_minute"] / local["pairs_per_minute"]
+    if ("old", "local") in pick:
+        figures["new_over_old"] = pick["new", "local"]["pairs_per_minute"] / pick["old", "local"]["pairs_per_minute"]
+        figures["old_core_utilisation"] = pick["old", "local"]["core_utilisation"]
+    return figures
+
+
 def markdown(rows: list[dict], described: str) -> str:
     lines = [f"Model: {described}; regions {REGIONS}.", "",
-             "| runner | images | pairs | pairs / min | end to end (s) | flow run (s) | outside tasks | "
-             "of which before first / after last task (s) | in task runs, outside bodies | task bodies (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| version | runner | images | pairs / min | wall (s) | core utilisation | machine busy | peak RSS (MB) | "
+             "outside tasks | in task runs, outside bodies | task bodies (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['runner']} | {r['images']} | {r['pairs']} | {r['pairs_per_minute']:.1f} | "
-                     f"{r['end_to_end_seconds']:.0f} | {r['flow_run_seconds']:.0f} | {r['outside_tasks_share']:.1%} | "
-                     f"{r['before_first_task_seconds']:.1f} / {r['after_last_task_seconds']:.1f} | "
+        lines.append(f"| {r['version']} | {r['runner']} | {r['images']} | {r['pairs_per_minute']:.1f} | "
+                     f"{r['wall_seconds']:.0f} | {r['core_utilisation']:.2f} | {r['machine_busy']:.2f} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['outside_tasks_share']:.1%} | "
                      f"{r['task_run_share_outside_bodies']:.1%} | {r['task_body_seconds']:.0f} |")
-    by = {(r["runner"], r["images"]): r for r in rows}
     lines.append("")
-    for n in sorted({r["images"] for r in rows}):
-        if ("local", n) in by and ("dask", n) in by:
-            ratio = by["dask", n]["pairs_per_minute"] / by["local", n]["pairs_per_minute"]
-            lines.append(f"{n} images: Dask / in-process throughput = {ratio:.2f}.")
+    for n, entry in ratios(rows).items():
+        lines.append(f"{n} images: " + ", ".join(f"{name} = {value:.2f}" for name, value in entry.items()) + ".")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", default="16,64", help="comma-separated image counts (default 16,64)")
-    parser.add_argument("--runners", default="local,dask", help="comma-separated from local, dask")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK['images']} images, runners {QUICK['runners']} (a few minutes)")
+    parser.add_argument("--images", default=None, help=f"comma-separated image counts (default {FULL['images']})")
+    parser.add_argument("--runners", default=None,
+                        help=f"comma-separated from local, dask, dask:N (default {FULL['runners']})")
+    parser.add_argument("--baseline", default=None, metavar="REF",
+                        help="also run the pipeline as it was at this git revision (in process)")
     parser.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # one run, in a child process
     args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return 0
+    defaults = QUICK if args.quick else FULL
+    images = [int(x) for x in (args.images or defaults["images"]).split(",")]
+    runners = (args.runners or defaults["runners"]).split(",")
     with tempfile.TemporaryDirectory(prefix="localedit-pipeline-") as tmp:
         workdir = Path(tmp)
         with loopback_server(workdir / "prefect-home"):
             model, described = (args.model, args.model) if args.model else bundled_or_random(workdir)
+            baseline = export_tree(args.baseline, workdir / "baseline") if args.baseline else None
             rows = []
-            for n in (int(x) for x in args.images.split(",")):
-                for runner in args.runners.split(","):
-                    rows.append(mine(model, n, runner, workdir / f"{runner}-{n}"))
+            for n in images:
+                plan = [("new", runner, REPO) for runner in runners]
+                if baseline:
+                    plan.insert(1, ("old", "local", baseline))  # beside the new in-process run it is compared with
+                for version, runner, tree in plan:
+                    rows.append(mine(model, n, runner, workdir / f"{version}-{runner}-{n}", tree, version))
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    machine = {"cpus": os.cpu_count(), "load_average": os.getloadavg()}
+    machine = {"cpus": len(os.sched_getaffinity(0)), "load_average": os.getloadavg(), "baseline": args.baseline}
     if args.json:
-        print(json.dumps({"model": described, "machine": machine, "runs": rows}, indent=2))
+        print(json.dumps({**headline(rows), "model": described, "machine": machine,
+                          "ratios": ratios(rows), "runs": rows}, indent=2))
     else:
         print(markdown(rows, described))
-        print(json.dumps({"machine": machine}))
+        print(json.dumps({"machine": machine, **headline(rows)}))
     return 0
 
 

@@ -1,8 +1,9 @@
 """Mine a catalogue of local editing directions from many images.
 
 images (a folder, the bundled samples, or N samples from the model) x regions -> invert every
-image to the editing timestep t (one task per image) -> region subspaces (one task per image
-and region) -> JIVE per image -> consensus across images -> catalogue. Everything lands in
+image to the editing timestep t (one task per image) -> the subspaces of every region and
+complement of an image (one task per image, one linearisation) -> JIVE per image -> consensus
+across images -> catalogue. Everything lands in
 one run directory (see ``localedit.store``); rerunning on it resumes.
 
 Tasks run in this process by default (a thread pool, one slot per core); ``run_mining(...,
@@ -13,6 +14,7 @@ runner="dask")`` sends them to a ``dask.distributed`` cluster instead, a local o
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from contextlib import nullcontext
 from datetime import datetime
@@ -23,7 +25,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.catalogue import build_catalogue
-from tasks.mine import invert_image, region_subspace, split_image
+from tasks.mine import image_subspaces, invert_image, split_image
 from flows.local_server import pipeline_server
 from flows.stopping import stoppable
 from localedit.store import RunStore, run_lock
@@ -31,6 +33,7 @@ from tasks.prepare import plan_run, prepare_run
 from tasks.runtime import WORKER_CORES_ENV, cores, local_slots, wait_all
 
 RUNNERS = ("local", "dask")
+OMP_WAIT_POLICY = "OMP_WAIT_POLICY"  # read by OpenMP when torch loads: set in a worker's environment
 
 
 @flow(name="mine-directions", task_runner=ThreadPoolTaskRunner(max_workers=local_slots()))
@@ -101,19 +104,18 @@ def _mine(run: dict, threshold: float, min_support: int, gpu: bool, progress: bo
     # interleaving the stages per image would fill every slot with waiting tasks.
     with dask.annotate(resources={"GPU": 1}) if gpu else nullcontext():
         latents = {i: invert_image.submit(run_dir, i) for i in range(n)}
-        subspaces = {(i, r): region_subspace.submit(run_dir, i, r, wait_for=[latents[i]])
-                     for i in range(n) for r in run["blocks"]}
-    splits = {i: split_image.submit(run_dir, i, wait_for=[subspaces[i, r] for r in run["blocks"]])
-              for i in range(n)}
+        subspaces = {i: image_subspaces.submit(run_dir, i, wait_for=[latents[i]]) for i in range(n)}
+    splits = {i: split_image.submit(run_dir, i, wait_for=[subspaces[i]]) for i in range(n)}
     futures = {**{("latent", i): f for i, f in latents.items()},
-               **{("subspace", *key): f for key, f in subspaces.items()},
+               **{("subspace", i): f for i, f in subspaces.items()},
                **{("split", i): f for i, f in splits.items()}}
     wait_all(futures.values(), "mining", progress)
     reports = {key: future.result() for key, future in futures.items()}  # raises the first failure
     catalogue = build_catalogue(run_dir, threshold, min_support)
     counts = {stage: {"computed": 0, "skipped": 0} for stage in ("latent", "subspace", "split")}
-    for (stage, *_), report in reports.items():
-        counts[stage][report["status"]] += 1
+    for (stage, _), report in reports.items():
+        for status in ("computed", "skipped"):
+            counts[stage][status] += report[status]
     summary = {
         "run_dir": run_dir, "run_id": run["run_id"], "flow_run_id": str(flow_run.id), "catalogue": catalogue,
         "tasks": counts,
@@ -138,10 +140,14 @@ def task_runner(runner: str = "local", dask_address: str | None = None, workers:
     if dask_address:
         return DaskTaskRunner(address=dask_address)
     n = workers or cores()
+    # One task at a time per worker, so a worker's Jacobian gets all of its cores (tasks.runtime).
+    # Its OpenMP threads sleep at barriers instead of spinning: on a machine whose cores are also
+    # busy with other work, spinning threads that wait for a descheduled one made a 2-thread
+    # Jacobian ~4x slower than a 1-thread one (benchmarks/RESULTS.md).
+    env = {WORKER_CORES_ENV: str(max(1, cores() // n)), OMP_WAIT_POLICY: os.environ.get(OMP_WAIT_POLICY, "PASSIVE")}
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
         "n_workers": n, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
-        "dashboard_address": None, "env": {WORKER_CORES_ENV: str(max(1, cores() // n))},
-        "resources": {"GPU": 1} if gpu else None,
+        "dashboard_address": None, "env": env, "resources": {"GPU": 1} if gpu else None,
     })
 
 

@@ -91,16 +91,20 @@ class MaskedJacobian:
     def _vjp_one(self, u: torch.Tensor) -> torch.Tensor:
         return self._vjp(u)[0].reshape(-1)
 
-    def jvp(self, V: torch.Tensor) -> torch.Tensor:
-        """(R, d, k) -> masked outputs (R, k, *out): region a's block sees mask a."""
+    def _masks(self, regions: torch.Tensor | None) -> torch.Tensor:
+        """(R', 1, 1, 1, H, W): the masks of ``regions`` (indices; None: all), broadcast over tangents."""
+        return (self.masks if regions is None else self.masks[regions]).unsqueeze(1)
+
+    def jvp(self, V: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
+        """(R', d, k) -> masked outputs (R', k, *out): block a sees the mask of region ``regions[a]``."""
         R, d, k = V.shape
         out = vmap(self._jvp_one)(V.transpose(1, 2).reshape(R * k, d))
-        return out.view(R, k, *self.out_shape) * self.masks.unsqueeze(1)
+        return out.view(R, k, *self.out_shape) * self._masks(regions)
 
-    def vjp(self, U: torch.Tensor) -> torch.Tensor:
-        """(R, k, *out) -> J_a^T U_a as (R, d, k); the mask is applied here too (soft masks square)."""
+    def vjp(self, U: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
+        """(R', k, *out) -> J_a^T U_a as (R', d, k); the mask is applied here too (soft masks square)."""
         R, k = U.shape[:2]
-        U = U * self.masks.unsqueeze(1)
+        U = U * self._masks(regions)
         out = vmap(self._vjp_one)(U.reshape(R * k, *self.out_shape))
         return out.view(R, k, -1).transpose(1, 2)
 
@@ -118,10 +122,13 @@ def subspaces(
 ) -> list[Subspace]:
     """Top-k subspace of each masked Jacobian (masks: (R, H, W) in {0, 1}), sharing one linearisation.
 
-    Each iteration costs k + ``oversample`` JVPs and VJPs per region (the extra vectors speed
-    convergence when s_k ~ s_{k+1}). Stops when the top-k Ritz subspace of every region moves
-    less than ``tol`` (sine of the largest principal angle between successive iterates) or
-    after ``max_iter`` iterations.
+    Each iteration costs k + ``oversample`` JVPs and VJPs per region still iterating (the extra
+    vectors speed convergence when s_k ~ s_{k+1}). A region stops when its top-k Ritz subspace
+    moves less than ``tol`` (sine of the largest principal angle between successive iterates)
+    or after ``max_iter`` iterations, and leaves the batch: the others' products get cheaper.
+    Every region starts from the same random block, so a region's result does not depend on
+    which other regions share the call: a pipeline that computes an image's regions together,
+    or only the ones a resumed run still lacks, gets each region's subspace as if alone.
     """
     if masks.ndim != 3:
         raise ValueError(f"masks must be (regions, H, W), got {tuple(masks.shape)}")
@@ -132,16 +139,18 @@ def subspaces(
         raise ValueError(f"k={k} exceeds the h-space dimension {d}")
     cap = min(d, BASIS_BLOCKS * p)
     g = torch.Generator().manual_seed(seed)
-    block = _orthonormal(torch.randn(R, d, p, generator=g).to(state.h))
-    basis = images = block[:, :, :0]  # orthonormal columns and their images under J^T J
+    block = _orthonormal(torch.randn(1, d, p, generator=g).to(state.h)).expand(R, d, p)
+    basis = images = block[:, :, :0]  # orthonormal columns and their images under J^T J, per active region
+    active = torch.arange(R)  # the regions still iterating, in the order of basis' first axis
     top = torch.zeros(R, d, k).to(block)
+    values = torch.zeros(R, k).to(block)
     done = torch.zeros(R, dtype=torch.bool)
     iters = torch.zeros(R, dtype=torch.long)
     residual = torch.full((R,), float("nan"))
     bar = tqdm(range(max_iter), desc="subspace", disable=not progress, leave=False)
     for it in bar:
         basis = torch.cat([basis, block], 2)
-        images = torch.cat([images, op.vjp(op.jvp(block))], 2)
+        images = torch.cat([images, op.vjp(op.jvp(block, active), active)], 2)
         # Rayleigh-Ritz: eigenpairs of basis^T J^T J basis, largest first, rotate the basis onto them.
         gram = basis.transpose(1, 2).double() @ images.double()
         lam, W = torch.linalg.eigh((gram + gram.transpose(1, 2)) / 2)
@@ -150,13 +159,14 @@ def subspaces(
         lam_p = lam[:, :p].to(basis)
         resid = images[:, :, :p] - basis[:, :, :p] * lam_p.unsqueeze(1)  # J^T J x - lambda x
         res = torch.linalg.vector_norm(resid[:, :, :k], dim=1)
-        residual = (res.max(1).values / lam_p[:, 0].clamp_min(1e-30)).cpu()
+        residual[active] = (res.max(1).values / lam_p[:, 0].clamp_min(1e-30)).cpu()
         new_top = basis[:, :, :k]
-        change = _sin_max_angle(top, new_top).cpu() if it else torch.ones(R)
-        newly = (change < tol) & ~done
-        iters[~done] = it + 1
-        done |= newly
-        top = new_top
+        change = _sin_max_angle(top[active], new_top).cpu() if it else torch.ones(len(active))
+        # ``top`` and ``values`` come from the same Rayleigh-Ritz step, so values match vectors.
+        top[active], values[active] = new_top, lam_p[:, :k].sqrt()
+        iters[active] = it + 1
+        converged = change < tol
+        done[active] = converged
         bar.set_postfix(change=f"{change.max():.1e}")
         keep = min(basis.shape[2], max(k, cap - p))
         width = min(p, cap - keep)
@@ -164,15 +174,14 @@ def subspaces(
             done[:] = True
         if bool(done.all()):
             break
-        basis, images = basis[:, :, :keep], images[:, :, :keep]
+        going = ~converged
+        active, basis, images, resid = active[going], basis[going, :, :keep], images[going, :, :keep], resid[going]
         # Grow by the leading Ritz vectors' residuals: the next Krylov directions. Residuals, not
         # images: they are orthogonal to the basis already, so no cancellation spoils the projection.
         block = _extension(basis, resid[:, :, :width])
     seconds = time.perf_counter() - start
-    # ``top`` and ``lam`` come from the same Rayleigh-Ritz step, so values match vectors.
-    values = lam[:, :k].sqrt().to(top)
     return [
-        Subspace(top[a], values[a].clone(), int(iters[a]), float(residual[a]), bool(done[a]), seconds)
+        Subspace(top[a], values[a], int(iters[a]), float(residual[a]), bool(done[a]), seconds)
         for a in range(R)
     ]
 

@@ -116,9 +116,11 @@ def _layout(config: RunConfig) -> dict[str, tuple[tuple[int, ...], tuple[int, ..
         "individual_basis": ((n, r, d, k), (1, 1, d, k), ("image", "region", "h", "component"), "float32", 0.0),
         "individual_singular_values": ((n, r, k), (1, 1, k), ("image", "region", "component"), "float32", 0.0),
         "individual_rank": ((n, r), (1, 1), ("image", "region"), "int32", -1),
-        # Completion marks: the task's wall time in seconds, NaN until its chunks are written.
+        # Completion marks: the task's wall time in seconds, NaN until its chunks are written. An
+        # image's subspace marks share one chunk: the task that computes its blocks together marks
+        # them in one write, so a killed run never leaves an image with some of them marked.
         "done_latent": ((n,), (1,), ("image",), "float64", math.nan),
-        "done_subspace": ((n, b), (1, 1), ("image", "block"), "float64", math.nan),
+        "done_subspace": ((n, b), (1, b), ("image", "block"), "float64", math.nan),
         "done_split": ((n,), (1,), ("image",), "float64", math.nan),
     }
 
@@ -289,6 +291,11 @@ class RunStore:
     def subspace_done(self, i: int, region: str) -> bool:
         return self._done("done_subspace", i, self.block_index(region))
 
+    def pending_blocks(self, i: int) -> list[str]:
+        """The blocks of image ``i`` whose subspace is not yet marked done, in ``config.blocks`` order."""
+        marks = self.group["done_subspace"][i]
+        return [block for block, mark in zip(self.config.blocks, marks) if math.isnan(mark)]
+
     def split_done(self, i: int) -> bool:
         return self._done("done_split", i)
 
@@ -311,13 +318,22 @@ class RunStore:
             self.group[name][i] = value
         self._mark("done_latent", seconds, i)
 
-    def write_subspace(self, i: int, region: str, subspace: Subspace, seconds: float) -> None:
-        a, what = self.block_index(region), f"the {region} subspace of image {i}"
-        self.group["subspace_basis"][i, a] = _padded(subspace.basis, self.config.k, what)
-        self.group["subspace_singular_values"][i, a] = _padded(subspace.singular_values, self.config.k, what)
-        self.group["subspace_stats"][i, a] = np.array(
-            [subspace.iterations, subspace.residual, float(subspace.converged)], dtype=np.float32)
-        self._mark("done_subspace", seconds, i, a)
+    def write_subspaces(self, i: int, subspaces: dict[str, Subspace], seconds: float) -> None:
+        """Some or all blocks of image ``i`` (block name -> subspace), computed together in ``seconds``.
+
+        Every block is checked before anything is written, and the marks go in one write after
+        every chunk, so the image's blocks are marked all together or not at all.
+        """
+        k, rows = self.config.k, {}
+        for block, sub in subspaces.items():
+            what = f"the {block} subspace of image {i}"
+            rows[self.block_index(block)] = (_padded(sub.basis, k, what), _padded(sub.singular_values, k, what),
+                                             np.array([sub.iterations, sub.residual, float(sub.converged)], np.float32))
+        for a, (basis, values, stats) in rows.items():
+            self.group["subspace_basis"][i, a] = basis
+            self.group["subspace_singular_values"][i, a] = values
+            self.group["subspace_stats"][i, a] = stats
+        self.group["done_subspace"].oindex[i, sorted(rows)] = seconds
 
     def subspace(self, i: int, region: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(basis (d, k), singular values (k,)) of one image's region (or block)."""

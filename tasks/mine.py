@@ -1,8 +1,9 @@
 """The per-image steps of a mining run, each the only writer of its chunks in the run store.
 
-Each task first checks its completion mark and returns at once when the work is already in
+Each task first checks its completion marks and returns at once when the work is already in
 the store, so a resumed run recomputes nothing that is complete. Each returns
-``{"status": "computed" | "skipped", "seconds": ...}``.
+``{"computed": n, "skipped": m, "seconds": ...}``, counting the units of its stage (a latent,
+an image's subspace blocks, a split).
 """
 
 from __future__ import annotations
@@ -11,17 +12,16 @@ import time
 
 from prefect import task
 
-from localedit import forward_ad
 from localedit.ddim import denoise
 from localedit.mining import Latent, latent_at, region_subspaces, split_subspaces
 from localedit.store import RunStore
-from tasks.runtime import GPU_TASK_OPTIONS, TASK_OPTIONS, cached_model, use_thread_share
+from tasks.runtime import GPU_TASK_OPTIONS, TASK_OPTIONS, cached_model, jacobian_threads, use_thread_share
 
-SKIPPED = {"status": "skipped", "seconds": 0.0}
+SKIPPED = {"computed": 0, "skipped": 1, "seconds": 0.0}
 
 
 def _computed(start: float) -> dict:
-    return {"status": "computed", "seconds": time.perf_counter() - start}
+    return {"computed": 1, "skipped": 0, "seconds": time.perf_counter() - start}
 
 
 @task(name="invert-image", task_run_name="invert-{index}", **GPU_TASK_OPTIONS)
@@ -47,21 +47,31 @@ def invert_image(run_dir: str, index: int) -> dict:
     return _computed(start)
 
 
-@task(name="region-subspace", task_run_name="subspace-{index}-{region}", **GPU_TASK_OPTIONS)
-def region_subspace(run_dir: str, index: int, region: str) -> dict:
-    """Top-k subspace of the region-masked Jacobian d(mask * eps)/dh at the image's x_t (region: any block)."""
+@task(name="image-subspaces", task_run_name="subspaces-{index}", **GPU_TASK_OPTIONS)
+def image_subspaces(run_dir: str, index: int) -> dict:
+    """Top-k subspaces of the masked Jacobians d(mask * eps)/dh of every block (regions and complements)
+    of one image that the store still lacks, all from one linearisation at the image's x_t.
+
+    One task per image, not per block: the blocks share the linearisation and one stack of
+    tangents, and the task holds the process's Jacobian lock with all its cores. A resumed run
+    computes only the blocks not yet marked; each block's subspace is the same whichever blocks
+    share the call (``localedit.jacobian.subspaces``).
+    """
     store = RunStore(run_dir)
-    if store.subspace_done(index, region):
-        return SKIPPED
-    use_thread_share()
     config = store.config
+    blocks = store.pending_blocks(index)
+    if not blocks:
+        return {"computed": 0, "skipped": len(config.blocks), "seconds": 0.0}
+    use_thread_share()
     model = cached_model(config.model_source, config.model_fingerprint)
     latent = Latent(store.x_T(index)[None], store.x_t(index)[None].to(model.device), config.t)
-    with forward_ad.exclusive():  # the shared U-Net's h hooks, and forward AD, one thread at a time
+    regions = [store.block_region(block) for block in blocks]
+    with jacobian_threads():  # the shared U-Net's h hooks, and forward AD, one thread at a time
         start = time.perf_counter()
-        [subspace] = region_subspaces(model, latent, [store.block_region(region)], config.k)
-    store.write_subspace(index, region, subspace, time.perf_counter() - start)
-    return _computed(start)
+        found = region_subspaces(model, latent, regions, config.k)
+    seconds = time.perf_counter() - start
+    store.write_subspaces(index, dict(zip(blocks, found)), seconds)
+    return {"computed": len(blocks), "skipped": len(config.blocks) - len(blocks), "seconds": seconds}
 
 
 @task(name="split-image", task_run_name="split-{index}", **TASK_OPTIONS)

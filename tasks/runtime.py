@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import distributed
 import torch
@@ -11,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
+from localedit import forward_ad
 from localedit.badinput import BAD_INPUT
 from localedit.models import DiffusionModel, load_model
 
@@ -37,6 +40,22 @@ def use_thread_share() -> int:
     threads = max(1, cores() // slots)
     torch.set_num_threads(threads)
     return threads
+
+
+@contextmanager
+def jacobian_threads() -> Iterator[None]:
+    """Hold the process's forward-AD lock with all of the process's cores, then go back to the thread share.
+
+    Only one thread of a process may be inside forward-mode AD (``localedit.forward_ad``), so a
+    Jacobian task waiting for the lock uses no core: the holder takes them all. Torch's thread
+    count is per calling thread (OpenMP), so tasks running beside it keep their own share.
+    """
+    with forward_ad.exclusive():
+        torch.set_num_threads(cores())
+        try:
+            yield
+        finally:
+            use_thread_share()
 
 
 def transient(task, task_run, state) -> bool:

@@ -2,8 +2,8 @@
 started outlives it (not even after kill -9), and a rerun resumes to the result of an uninterrupted run.
 
 The command runs as a separate process with no PREFECT_API_URL, as a user runs it, so it starts its own
-temporary Prefect server. Its complement subspace tasks are made to hang (as a minutes-long task on a
-256-px model does): before the fix, SIGTERM left the process waiting for them.
+temporary Prefect server. Its second image's subspace task is made to hang (as a minutes-long task on a
+256-px model does): before the fix, SIGTERM left the process waiting for it.
 """
 
 import os
@@ -29,8 +29,10 @@ HANGING = """
 import sys, time
 import tasks.mine
 real = tasks.mine.region_subspaces
+calls = []
 def hanging(model, latent, regions, k):
-    if regions[0].name.startswith("not_"):
+    calls.append(1)
+    if len(calls) > 1:
         time.sleep(3600)
     return real(model, latent, regions, k)
 tasks.mine.region_subspaces = hanging
@@ -56,7 +58,7 @@ def _mine(env, out, *, hanging=False) -> subprocess.Popen:
 
 
 def _wait_mid_run(proc, out) -> list[psutil.Process]:
-    """Wait until some subspaces are marked (the rest hang); return the processes the run started."""
+    """Wait until the first image's subspaces are marked (the second's hang); return the processes the run started."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read()

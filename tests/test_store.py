@@ -54,7 +54,7 @@ def test_layout_is_preallocated_chunked_per_task_and_named_for_xarray(store):
     assert group["subspace_basis"].chunks == (1, 1, d, k)
     assert group["individual_basis"].chunks == (1, 1, d, k)
     assert group["joint_basis"].chunks == (1, d, k)
-    assert group["done_subspace"].chunks == (1, 1)
+    assert group["done_subspace"].chunks == (1, r)  # an image's blocks are marked in one write
     for name, array in group.arrays():
         assert array.metadata.dimension_names is not None and None not in array.metadata.dimension_names, name
     ds = xr.open_zarr(store.path, consolidated=False)
@@ -72,8 +72,9 @@ def test_complement_blocks_get_their_own_subspace_chunks(tmp_path):
     assert config.blocks == ("eyes", "mouth", "not_eyes", "not_mouth")
     assert store.group["subspace_basis"].shape[1] == 4 and store.progress()["subspace"] == (0, 12)
     torch.testing.assert_close(store.block_region("not_mouth").mask, 1 - masks[1])
-    store.write_subspace(2, "not_eyes", subspace(config.h_dim, 2, seed=3), seconds=0.1)
+    store.write_subspaces(2, {"not_eyes": subspace(config.h_dim, 2, seed=3)}, seconds=0.1)
     assert store.subspace_done(2, "not_eyes") and not store.subspace_done(2, "eyes")
+    assert store.pending_blocks(2) == ["eyes", "mouth", "not_mouth"] and store.pending_blocks(1) == list(config.blocks)
     with pytest.raises(KeyError, match="not_hair"):
         store.subspace(0, "not_hair")
     assert RunStore(store.run_dir).config.complements is True
@@ -83,7 +84,7 @@ def test_a_mark_is_written_only_with_its_chunk(store):
     assert not store.subspace_done(1, "mouth")
     assert store.progress() == {"latent": (0, 3), "subspace": (0, 6), "split": (0, 3)}
     sub = subspace(store.config.h_dim, 2, seed=1)
-    store.write_subspace(1, "mouth", sub, seconds=0.25)
+    store.write_subspaces(1, {"mouth": sub}, seconds=0.25)
     reopened = RunStore(store.run_dir)
     assert reopened.subspace_done(1, "mouth") and not reopened.subspace_done(1, "eyes")
     basis, sv = reopened.subspace(1, "mouth")
@@ -93,6 +94,15 @@ def test_a_mark_is_written_only_with_its_chunk(store):
     assert reopened.group["done_subspace"][1, 1] == pytest.approx(0.25)  # the mark holds the task's seconds
     # The chunk of another (image, region) was never touched: each task is its only writer.
     assert not (store.path / "subspace_basis" / "c" / "1" / "0").exists()
+
+
+def test_an_images_blocks_are_written_together(store):
+    subs = {block: subspace(store.config.h_dim, 2, seed=a) for a, block in enumerate(store.config.blocks)}
+    store.write_subspaces(2, subs, seconds=3.0)
+    reopened = RunStore(store.run_dir)
+    assert reopened.pending_blocks(2) == [] and reopened.group["done_subspace"][2].tolist() == [3.0, 3.0]
+    for block, sub in subs.items():
+        torch.testing.assert_close(reopened.subspace(2, block)[0], sub.basis)
 
 
 def test_split_round_trip_pads_and_trims_ranks(store):
@@ -152,9 +162,11 @@ def test_non_finite_results_are_never_stored_or_marked(store):
         store.write_latent(1, x, x_t, 1.0)
     assert not store.latent_done(1) and np.isfinite(store.group["x_T"][1]).all() and (store.group["x_T"][1] != 0).any()
     bad = Subspace(torch.full((16, 2), float("inf")), torch.ones(2), 1, 0.0, True, 0.1)
+    good = subspace(store.config.h_dim, 2, seed=1)
     with pytest.raises(ValueError, match="the eyes subspace of image 0 has 32 non-finite values"):
-        store.write_subspace(0, "eyes", bad, 1.0)
-    assert not store.subspace_done(0, "eyes")
+        store.write_subspaces(0, {"mouth": good, "eyes": bad}, 1.0)
+    # The image's blocks are checked before any is written: the good one is not stored or marked either.
+    assert store.pending_blocks(0) == ["eyes", "mouth"] and not store.group["subspace_basis"][0].any()
 
 
 def test_paper_mode_needs_no_complement_of_a_whole_image_region(tmp_path):

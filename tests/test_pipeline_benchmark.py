@@ -1,0 +1,35 @@
+"""The pipeline benchmark's bookkeeping: which runs its ratios compare, and how a runner is spelled."""
+
+import pytest
+
+from benchmarks.pipeline import _union_seconds, headline, ratios, runner_arguments
+
+
+def row(version: str, runner: str, images: int, rate: float, utilisation: float = 0.5) -> dict:
+    return {"version": version, "runner": runner, "images": images, "pairs_per_minute": rate,
+            "core_utilisation": utilisation, "machine_busy": 1.0}
+
+
+def test_ratios_compare_runs_of_the_same_image_count_against_new_in_process():
+    rows = [row("new", "local", 6, 20.0), row("old", "local", 6, 10.0), row("new", "dask:1", 6, 25.0),
+            row("new", "dask:2", 6, 15.0), row("new", "local", 16, 40.0), row("new", "dask:1", 16, 20.0)]
+    assert ratios(rows) == {6: {"dask_1_over_inprocess": 1.25, "dask_2_over_inprocess": 0.75, "new_over_old": 2.0},
+                            16: {"dask_1_over_inprocess": 0.5}}
+
+
+def test_headline_takes_the_largest_image_count_and_the_default_dask_run_when_there_is_one():
+    rows = [row("new", "local", 6, 20.0, 0.9), row("old", "local", 6, 10.0, 0.4), row("new", "dask:2", 6, 30.0),
+            row("new", "dask", 6, 16.0)]
+    figures = headline(rows)
+    assert figures["core_utilisation"] == 0.9 and figures["old_core_utilisation"] == 0.4
+    assert figures["dask_runner"] == "dask" and figures["dask_over_inprocess"] == pytest.approx(0.8)
+    assert figures["new_over_old"] == 2.0
+    best = headline([r for r in rows if r["runner"] != "dask"] + [row("new", "local", 2, 1.0)])
+    assert best["dask_runner"] == "dask:2" and best["dask_over_inprocess"] == 1.5  # 6 images, not 2
+
+
+def test_runner_spelling_and_interval_union():
+    assert runner_arguments("local") == {"runner": "local"}
+    assert runner_arguments("dask") == {"runner": "dask"}
+    assert runner_arguments("dask:2") == {"runner": "dask", "workers": 2}
+    assert _union_seconds([(0, 2), (1, 3), (5, 6)]) == 4
