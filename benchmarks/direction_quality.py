@@ -39,6 +39,7 @@ from localedit.evaluation import (Scorer, evaluate_direction, load_probe_or_note
                                   variation_directions)
 from localedit.mining import latent_at
 from localedit.models import load_model
+from localedit.pixels import to_signed
 from localedit.references import reference_directions, regions_of
 from localedit.regions import resolve_regions
 from localedit.samples import load_samples
@@ -86,7 +87,7 @@ def main() -> None:
     found += contrast(model, source.x_T, regions, args.t, "region_contrast")
     seconds["region_contrast"] = (time.perf_counter() - start) / len(source.keys)
     start = time.perf_counter()
-    mine_x_T = invert(model, mine * 2 - 1)
+    mine_x_T = invert(model, to_signed(mine))
     found += variation_directions(model, mine_x_T, regions, args.t)
     seconds["region_variation"] = (time.perf_counter() - start) / len(mine)
     found += [Direction(f"reference:{r.name}", "reference", r.name, "h", references[MAIN_FACTOR[r.name]], args.t)

@@ -29,8 +29,8 @@ from localedit.models import DiffusionModel, predicted_x0
 from localedit.regions import Region
 
 METHODS = ("jive_individual", "jive_joint", "global", "masked", "loco_xspace", "random", "jive_complement",
-           "region_variation", "region_contrast")
-REGION_FREE = ("jive_joint", "global", "random")  # directions not tied to one region
+           "region_variation", "region_contrast", "joint_variation")
+REGION_FREE = ("jive_joint", "joint_variation", "global", "random")  # directions not tied to one region
 
 
 @dataclass

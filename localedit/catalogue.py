@@ -16,8 +16,11 @@ times, with the factor probe, the share of change on the region's own factors) t
 ``eyes/contrast/r``, ``eyes/jive/r``. The readings are columns: ``edit_locality``, and with the
 factor probe ``label`` (the factor moved most), ``label_share`` and ``edit_purity`` (the share on
 the region's factors; a joint row's: on the global factors); with reference directions,
-``reference`` (the closest supervised reference of the region) and ``reference_cos``. Without a
-model only the JIVE rows exist, as ``individual``.
+``reference`` (the closest supervised reference of the region) and ``reference_cos``. Joint
+(global) rows come in two families too, the paper's JIVE joint consensus (``joint/jive/r``) and
+the joint variation (``localedit.variation``, ours: ``joint/variation/r``); the one whose top
+direction moved the generator's global factors most (with the factor probe; else JIVE's) is
+listed as ``joint/r``. Without a model only the JIVE rows exist, as ``individual`` and ``joint``.
 
     cat = localedit.catalogue.open("out/run")
     cat.frame.query("region == 'eyes' and kind == 'individual'")
@@ -27,13 +30,13 @@ model only the JIVE rows exist, as ``individual``.
 from __future__ import annotations
 
 import math
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from localedit.atomic import write_atomic
 from localedit.aggregate import consensus
 from localedit.contrast import contrast_directions
 from localedit.hspace import encode
@@ -65,34 +68,37 @@ LABEL_RANKS = 2  # directions of each family read (label, locality, purity); low
 CONTRAST_IMAGES = 4  # run images whose Jacobians region contrast sums over
 
 
-def direction_id(region: str, kind: str, rank: int) -> str:
-    return f"joint/{rank}" if kind == "joint" else f"{region}/{kind}/{rank}"
+FAMILIES = {"region_variation": "variation", "region_contrast": "contrast", "jive_complement": "jive",
+            "jive_individual": "jive", "jive_joint": "jive", "joint_variation": "variation"}  # method -> id part
+JOINT_METHODS = ("jive_joint", "joint_variation")  # families of joint (global) rows; the others are local
 
 
-FAMILIES = {"region_variation": "variation", "region_contrast": "contrast",
-            "jive_complement": "jive", "jive_individual": "jive"}  # method -> id part of its local rows
+Row = tuple[str, str, dict, torch.Tensor]  # (region, method, statistics, unit vector (d,))
 
 
-def _variation_rows(store: RunStore, model: DiffusionModel | None) -> list[tuple[str, str, dict, torch.Tensor]]:
-    """Region-variation directions of every region over all the run's images (their h at the run's t);
-    none without a model or with too few images."""
+def _variation_rows(store: RunStore, model: DiffusionModel | None) -> tuple[list[Row], list[Row]]:
+    """Region-variation rows of every region, and joint-variation rows, over all the run's images (their h at the
+    run's t); none without a model or with too few images."""
     config = store.config
     estimator = RegionVariation(n_directions=config.k)
     if model is None or len(config.images) < estimator.min_images:
-        return []
+        return [], []
     x_t = torch.stack([store.x_t(i) for i in range(len(config.images))]).to(model.device)
     fit = estimator.fit(encode(model.unet, x_t, config.t).h.cpu(), store.regions)
-    out = []
-    for region, basis, variances in zip(config.regions, fit.directions_, fit.variances_):
+    families = [(region, "region_variation", basis, variances)
+                for region, basis, variances in zip(config.regions, fit.directions_, fit.variances_)]
+    families.append((joint_region(config.regions), "joint_variation", fit.joint_directions_, fit.joint_variances_))
+    local, joint = [], []
+    for region, method, basis, variances in families:
         total = float(variances.sum())
         for rank in range(basis.shape[1]):
             stats = {"singular_value": float(variances[rank].sqrt()), "consistency": float(variances[rank]) / total,
                      "support": fit.n_images_, "n_images": fit.n_images_}
-            out.append((region, "region_variation", stats, basis[:, rank]))
-    return out
+            (joint if method in JOINT_METHODS else local).append((region, method, stats, basis[:, rank]))
+    return local, joint
 
 
-def _contrast_rows(store: RunStore, model: DiffusionModel | None) -> list[tuple[str, str, dict, torch.Tensor]]:
+def _contrast_rows(store: RunStore, model: DiffusionModel | None) -> list[Row]:
     """Region-contrast directions of every region over the run's first images; none without a model."""
     if model is None:
         return []
@@ -107,15 +113,20 @@ def _contrast_rows(store: RunStore, model: DiffusionModel | None) -> list[tuple[
     return out
 
 
-def _selection_score(reading: Reading | None) -> float:
-    """How much a family's top direction looks like a local edit of its region: its edit locality, times its factor
-    purity where the probe read one (a local edit that moves the wrong factor, e.g. skin inside the eyes box, loses)."""
+def _selection_score(reading: Reading | None, joint: bool) -> float:
+    """How much a family's top direction looks like what its ids promise. Local: its edit locality, times its
+    factor purity where the probe read one (a local edit that moves the wrong factor, e.g. skin inside the eyes
+    box, loses). Joint: its share of change on the generator's global factors (0 without a probe, so the first
+    family found, the paper's JIVE joint, keeps the ids)."""
     if reading is None:
         return 0.0
-    return reading.locality * (1.0 if math.isnan(reading.purity) else reading.purity)
+    purity = reading.purity
+    if joint:
+        return 0.0 if math.isnan(purity) else purity
+    return reading.locality * (1.0 if math.isnan(purity) else purity)
 
 
-def _family_ranks(found: list[tuple[str, str, dict, torch.Tensor]]) -> list[int]:
+def _family_ranks(found: list[Row]) -> list[int]:
     """Each row's rank within its (region, method) family, in the order found."""
     counts: dict[tuple[str, str], int] = {}
     ranks = []
@@ -125,19 +136,24 @@ def _family_ranks(found: list[tuple[str, str, dict, torch.Tensor]]) -> list[int]
     return ranks
 
 
-def _ids(found: list[tuple[str, str, dict, torch.Tensor]], readings: list[Reading | None]) -> list[str]:
-    """Row ids: per region, the local family whose top direction scored best on the run's images
-    (``_selection_score``; with one family, or unread, the first found) takes the ``individual`` ids;
-    the others keep their family's name."""
+def _ids(found: list[Row], readings: list[Reading | None]) -> list[str]:
+    """Row ids ``<region>/<family>/<rank>`` and ``joint/<family>/<rank>``. Per region, the local family whose top
+    direction scored best on the run's images (``_selection_score``; ties and unread: the first found) is listed
+    as ``<region>/individual/<rank>`` instead, and the best joint family as ``joint/<rank>``."""
     ids, best = [], {}
     for (region, method, _, _), rank, reading in zip(found, _family_ranks(found), readings):
-        ids.append(direction_id(region, "joint" if method == "jive_joint" else FAMILIES[method], rank))
-        if rank == 0 and method != "jive_joint":
-            score = _selection_score(reading)
-            if region not in best or score > best[region][1]:
-                best[region] = (method, score)
-    return [id_ if method == "jive_joint" or best[region][0] != method else id_.replace(f"/{FAMILIES[method]}/", "/individual/")
-            for id_, (region, method, _, _) in zip(ids, found)]
+        group = "joint" if method in JOINT_METHODS else region
+        ids.append(f"{group}/{FAMILIES[method]}/{rank}")
+        if rank == 0:
+            score = _selection_score(reading, method in JOINT_METHODS)
+            if group not in best or score > best[group][1]:
+                best[group] = (method, score)
+    out = []
+    for id_, (region, method, _, _) in zip(ids, found):
+        group = "joint" if method in JOINT_METHODS else region
+        chosen = "/" if method in JOINT_METHODS else "/individual/"
+        out.append(id_.replace(f"/{FAMILIES[method]}/", chosen) if best[group][0] == method else id_)
+    return out
 
 
 def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support: int = DEFAULT_MIN_SUPPORT,
@@ -157,7 +173,7 @@ def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support
         raise ValueError(f"run {store.run_dir} is incomplete ({done} of {total} images split); resume it first")
     splits = [store.split(i) for i in range(len(config.images))]
     min_support = min(min_support, len(splits))
-    found = _variation_rows(store, model)
+    found, joint_variation = _variation_rows(store, model)
     jive_method = "jive_complement" if config.complements else "jive_individual"
     groups = [(region, jive_method, [s.individual[a] for s in splits], [s.individual_singular_values[a] for s in splits])
               for a, region in enumerate(config.regions)]
@@ -169,7 +185,7 @@ def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support
             stats = {"singular_value": float(shared.singular_values[rank]), "consistency": float(shared.consistency[rank]),
                      "support": int(shared.support[rank]), "n_images": shared.n_images}
             found.append((region, method, stats, shared.directions[:, rank]))
-    found += _contrast_rows(store, model)
+    found += joint_variation + _contrast_rows(store, model)
     vectors = torch.stack([v for *_, v in found]) if found else torch.zeros(0, config.h_dim)
     masks = {r.name: r.mask for r in store.regions}
     masks[joint_region(config.regions)] = torch.stack(list(masks.values())).amax(0)
@@ -187,7 +203,7 @@ def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support
                for (region, *_), v in zip(found, vectors)]
     created_at = pd.Timestamp(datetime.now(timezone.utc))
     nothing = Reading("", float("nan"), float("nan"), float("nan"), float("nan"))
-    rows = [{"id": id_, "region": region, "kind": "joint" if method == "jive_joint" else "individual", "method": method,
+    rows = [{"id": id_, "region": region, "kind": "joint" if method in JOINT_METHODS else "individual", "method": method,
              "rank": int(id_.rsplit("/", 1)[1]), **stats, "vector": i, "t": config.t, "label": reading.label,
              "label_share": reading.label_share, "edit_locality": reading.locality, "edit_purity": reading.purity,
              "edit_alpha": reading.alpha, "reference": ref,
@@ -199,10 +215,7 @@ def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support
     path = store.run_dir / CATALOGUE_NAME
     path.unlink(missing_ok=True)  # from here until the rename below, the run has no catalogue
     store.write_directions(vectors, {"threshold": threshold, "min_support": min_support})
-    tmp = path.with_name(path.name + ".partial")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 class Catalogue:

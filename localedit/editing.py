@@ -12,14 +12,11 @@ from typing import Sequence
 import torch
 from PIL import Image, ImageDraw
 
+from localedit.atomic import write_atomic
 from localedit.ddim import DEFAULT_STEPS, Edit, EditSchedule, denoise, invert
 from localedit.hspace import h_shape
 from localedit.models import DiffusionModel
-
-
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """Model images in [-1, 1] -> images in [0, 1] on the CPU (what users see and save)."""
-    return ((x.clamp(-1, 1) + 1) / 2).cpu()
+from localedit.pixels import to_signed, to_unit
 
 
 def unit_direction(direction: torch.Tensor, model: DiffusionModel) -> torch.Tensor:
@@ -54,7 +51,7 @@ def edit(
     if (images is None) == (x_T is None):
         raise ValueError("give exactly one of images or x_T")
     if x_T is None:
-        x_T = invert(model, images.to(model.device) * 2 - 1, num_steps)
+        x_T = invert(model, to_signed(images.to(model.device)), num_steps)
     return edit_many(model, x_T, unit_direction(direction, model)[None], alphas, schedule, num_steps)[0]
 
 
@@ -127,9 +124,4 @@ def write_strip(
             if box is not None:
                 t, l, b, r = box
                 draw.rectangle([x0 + l * scale, y0 + t * scale, x0 + r * scale - 1, y0 + b * scale - 1], outline="red")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    canvas.save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, lambda tmp: canvas.save(tmp, format="PNG"))

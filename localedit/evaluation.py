@@ -26,10 +26,11 @@ from tqdm.auto import tqdm
 
 from localedit.baselines import METHODS, Direction, method_directions
 from localedit.ddim import DEFAULT_STEPS, EditSchedule, denoise, invert
-from localedit.editing import edit, to_unit, write_strip
+from localedit.editing import edit, write_strip
 from localedit.metrics import TARGET_CHANGE, Perceptual, image_metrics, total_change
 from localedit.mining import DEFAULT_K, DEFAULT_T
 from localedit.models import DiffusionModel
+from localedit.pixels import to_signed, to_unit
 from localedit.probe import FactorProbe, factor_change, factor_purity, load_probe, region_factors, scope_factors
 from localedit.references import REFERENCE_PREFIX, TWINS, reference_directions, trained_on_generator
 from localedit.regions import Region, resolve_regions
@@ -69,7 +70,7 @@ def prepare_images(model: DiffusionModel, images: torch.Tensor | None, keys: Seq
     if x_T is None:
         if images is None:
             raise ValueError("give images, their x_T, or both")
-        x_T = invert(model, images.to(model.device) * 2 - 1, num_steps)
+        x_T = invert(model, to_signed(images.to(model.device)), num_steps)
     if len(keys) != len(x_T):
         raise ValueError(f"{len(keys)} keys for {len(x_T)} images")
     reference = to_unit(denoise(model, x_T.to(model.device), num_steps))
@@ -255,10 +256,12 @@ def supervised_references(model: DiffusionModel, t: int, num_steps: int = DEFAUL
 
 def variation_directions(model: DiffusionModel, x_T: torch.Tensor, regions: Sequence[Region], t: int,
                          num_steps: int = DEFAULT_STEPS) -> list[Direction]:
-    """The top region-variation direction of each region over the images with latents ``x_T`` (n, C, H, W)."""
+    """The top region-variation direction of each region, and the top joint-variation direction, over the images
+    with latents ``x_T`` (n, C, H, W)."""
     fit = fit_region_variation(model, x_T, regions, t, num_steps)
-    return [Direction(f"region_variation:{r.name}", "region_variation", r.name, "h", basis[:, 0], t)
-            for r, basis in zip(regions, fit.directions_) if basis.shape[1]]
+    found = [Direction(f"region_variation:{r.name}", "region_variation", r.name, "h", basis[:, 0], t)
+             for r, basis in zip(regions, fit.directions_) if basis.shape[1]]
+    return found + [Direction("joint_variation", "joint_variation", None, "h", fit.joint_directions_[:, 0], t)]
 
 
 STRIPS_DIR = "strips"
@@ -335,7 +338,7 @@ def run_comparison(model: DiffusionModel, out_dir: str | Path, regions: str = "e
         raise ValueError(f"asked for {n_source} mining and {n_heldout} held-out images; "
                          f"the samples have {len(mine)} and {len(held)}")
     pick = _both_eye_states(mine_factors, n_source)
-    mine_x_T = invert(model, mine.to(model.device) * 2 - 1, num_steps)  # every mining image: region variation's data
+    mine_x_T = invert(model, to_signed(mine.to(model.device)), num_steps)  # every mining image: region variation's data
     source = prepare_images(model, mine[pick], mine_factors["file"][pick].tolist(), "source", num_steps,
                             x_T=mine_x_T[pick])
     heldout = prepare_images(model, held[:n_heldout], held_factors["file"][:n_heldout].tolist(), "transfer", num_steps)

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from localedit.ddim import DEFAULT_STEPS, EditSchedule, denoise
-from localedit.editing import edit_many, to_unit
+from localedit.editing import edit_many
 from localedit.metrics import TARGET_CHANGE, locality, total_change
 from localedit.models import DiffusionModel
+from localedit.pixels import to_unit
 from localedit.probe import FactorProbe, factor_change, factor_purity, region_factors
 
 PROBE_ALPHA = 0.1  # relative to ||h||: the first, probing edit, from which the matched strength is extrapolated

@@ -22,6 +22,7 @@ from localedit.hspace import encode
 from localedit.jacobian import Subspace, subspaces
 from localedit.jive import JIVE, directions_outside, scaled_rows
 from localedit.models import DiffusionModel
+from localedit.pixels import to_signed
 from localedit.regions import Region, complement
 
 DEFAULT_T = 500
@@ -113,7 +114,7 @@ def latent_at(model: DiffusionModel, image: torch.Tensor | None, t: int = DEFAUL
               num_steps: int = DEFAULT_STEPS, x_T: torch.Tensor | None = None) -> Latent:
     """Invert ``image`` (3, H, W in [0, 1]) to x_T (or take a given x_T), then denoise to the grid point nearest t."""
     if x_T is None:
-        x_T = invert(model, image[None].to(model.device) * 2 - 1, num_steps)
+        x_T = invert(model, to_signed(image[None].to(model.device)), num_steps)
     t_grid = grid_timestep(model, t, num_steps)
     return Latent(x_T, denoise(model, x_T, num_steps, stop_t=t_grid), t_grid)
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from localedit.atomic import write_atomic
 from localedit.ddim import EditSchedule, reconstruct, sample
 from localedit.models import DiffusionModel, predicted_x0
+from localedit.pixels import to_signed, to_unit
 from localedit.probe import FactorProbe, frechet_distance
 from localedit.synthetic import sample_faces
 
@@ -44,7 +46,7 @@ def _wasserstein_1d(a: np.ndarray, b: np.ndarray) -> float:
 
 def _samples(model: DiffusionModel, n: int, seed: int, batch: int = 250) -> torch.Tensor:
     out = [sample(model, min(batch, n - i), seed=seed + i)[1] for i in range(0, n, batch)]
-    return ((torch.cat(out).clamp(-1, 1) + 1) / 2).cpu()
+    return to_unit(torch.cat(out))
 
 
 def measure(model: DiffusionModel, probe: FactorProbe, n: int = 1000, seed: int = 0, inversions: int = 16) -> Quality:
@@ -63,7 +65,7 @@ def measure(model: DiffusionModel, probe: FactorProbe, n: int = 1000, seed: int 
     q.probe_fid = frechet_distance(feats_g, feats_a)
     q.probe_fid_floor = frechet_distance(feats_b, feats_a)
     real = sample_faces(inversions, seed=30_000 + seed, size=size).images
-    _, psnr = reconstruct(model, real.to(model.device) * 2 - 1)
+    _, psnr = reconstruct(model, to_signed(real.to(model.device)))
     q.inversion_psnr_db, q.inversion_images = float(psnr.mean()), inversions
     faces = sample_faces(4, seed=40_000 + seed, size=size).images
     paper = edit_locality(model, faces, complements=False)
@@ -128,7 +130,7 @@ def x0_error_by_timestep(model: DiffusionModel, n: int = 256, seed: int = 0, bat
     Why: an estimate worse than the data's own spread (guessing the mean image) at high t is
     what left an epsilon model's DDIM samples grainy and washed out; this makes it visible.
     """
-    x0 = sample_faces(n, seed=30_000 + seed, size=model.resolution).images * 2 - 1
+    x0 = to_signed(sample_faces(n, seed=30_000 + seed, size=model.resolution).images)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     errors = {}
     for t in X0_TIMESTEPS:
@@ -195,8 +197,4 @@ def write_card(model_dir: Path, config: dict, final_loss: float, minutes: float,
                   "generator images (pixels in [-1, 1]); `data_std` is the error of guessing the mean image."]
     if extra:
         lines.append(extra)
-    path = model_dir / "README.md"
-    tmp = path.with_suffix(".md.partial")
-    tmp.write_text("\n\n".join(lines) + "\n")
-    tmp.replace(path)
-    return path
+    return write_atomic(model_dir / "README.md", lambda tmp: tmp.write_text("\n\n".join(lines) + "\n"))

@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from localedit.paths import DATA_DIR
+from localedit.pixels import to_signed
 from localedit.synthetic import FACTOR_SCOPE, FACTORS, GENERATOR_VERSION, GLOBAL_SCOPE, REGION_SCOPE, sample_factors, sample_faces
 
 DEFAULT_DIR = DATA_DIR / "models" / "probe"
@@ -84,7 +85,7 @@ class FactorProbe(nn.Module):
             raise ValueError("the probe expects images in [0, 1]; convert [-1, 1] outputs with (x + 1) / 2")
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.body(images * 2 - 1)
+        return self.body(to_signed(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Raw head outputs (standardised targets) for images in [0, 1]."""

@@ -25,9 +25,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from localedit.atomic import write_atomic
 from localedit.ddim import DEFAULT_STEPS, denoise, grid_timestep, invert
 from localedit.hspace import encode
 from localedit.models import DiffusionModel
+from localedit.pixels import to_signed
 from localedit.synthetic import GENERATOR_VERSION, render, sample_factors
 
 
@@ -95,7 +97,7 @@ def _twin_h(model: DiffusionModel, twin: Twin, t: int, num_steps: int, pairs: in
         factors[name] = value
     tables = [factors.assign(**{twin.factor: value}) for value in (twin.high, twin.low)]
     images = torch.cat([render(table, model.resolution) for table in tables]).to(model.device)
-    x_t = denoise(model, invert(model, images * 2 - 1, num_steps), num_steps, stop_t=t)
+    x_t = denoise(model, invert(model, to_signed(images), num_steps), num_steps, stop_t=t)
     return encode(model.unet, x_t, t).h.flatten(1).view(2, pairs, -1).cpu()
 
 
@@ -119,10 +121,7 @@ def reference_directions(model: DiffusionModel, t: int, num_steps: int = DEFAULT
     for twin in TWINS:
         high, low = _twin_h(model, twin, t, num_steps, pairs, seed)
         found[twin.factor] = twin_direction(high, low)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    save_file({k: v.contiguous() for k, v in found.items()}, str(tmp))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: save_file({k: v.contiguous() for k, v in found.items()}, str(tmp)))
     return found
 
 

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402
 
+from localedit.atomic import write_atomic
 from localedit.baselines import METHODS  # noqa: E402
 from localedit.evaluation import STRIPS_DIR, strip_path  # noqa: E402
 from localedit.references import REFERENCE_PREFIX  # noqa: E402
@@ -29,10 +30,11 @@ from localedit.summary import METRICS_FILE, SUMMARY_FILE  # noqa: E402
 
 REPORT_FILE = "report.html"
 LABELS = {
-    "jive_individual": "JIVE individual (paper)", "jive_joint": "JIVE joint (ours)",
-    "jive_complement": "JIVE + complements (ours, default)", "global": "global h (unmasked J)",
+    "jive_individual": "JIVE individual (paper)", "jive_joint": "JIVE joint (paper)",
+    "jive_complement": "JIVE + complements (ours)", "global": "global h (unmasked J)",
     "masked": "masked h, no JIVE", "loco_xspace": "LOCO-style x-space", "random": "random h",
-    "region_variation": "region variation (ours, default)", "region_contrast": "region contrast (ours)",
+    "region_variation": "region variation (ours)", "region_contrast": "region contrast (ours)",
+    "joint_variation": "joint variation (ours)",
 }
 
 
@@ -252,11 +254,7 @@ matched alpha (a=+0.00 is the unedited reconstruction); the direction's region i
 <h2>All directions</h2>{_direction_table(directions)}
 {_model_card(settings.get('model_source'))}
 <script>{SORT_JS}</script></body></html>"""
-    path = run_dir / REPORT_FILE
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(page)
-    tmp.replace(path)
-    return path
+    return write_atomic(run_dir / REPORT_FILE, lambda tmp: tmp.write_text(page))
 
 
 def text_table(methods: dict) -> str:

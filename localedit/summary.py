@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
+from localedit.atomic import write_atomic
 
 SUMMARY_METRICS = ("locality", "outside_psnr", "outside_ssim", "inside_strength", "lpips", "lpips_outside",
                    "factor_purity", "global_purity", "total_change", "locality_best_sign", "factor_purity_best_sign")
@@ -104,12 +106,6 @@ METRICS_FILE = "metrics.parquet"
 SUMMARY_FILE = "evaluation.json"
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    write(tmp)
-    tmp.replace(path)
-
-
 def save_results(out_dir: str | Path, rows: pd.DataFrame, settings: dict, methods: Sequence[str] = ()) -> dict:
     """Write ``metrics.parquet`` (every row) and ``evaluation.json`` (settings, per-method and per-direction medians).
 
@@ -124,8 +120,8 @@ def save_results(out_dir: str | Path, rows: pd.DataFrame, settings: dict, method
     per_direction = summarize(rows, by=keys, intervals=False)
     result = {"settings": settings, **summary,
               "directions": [{k: _clean(v) for k, v in r.items()} for r in per_direction.to_dict("records")]}
-    _write_atomic(out / METRICS_FILE, lambda p: rows.to_parquet(p, index=False))
-    _write_atomic(out / SUMMARY_FILE, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+    write_atomic(out / METRICS_FILE, lambda p: rows.to_parquet(p, index=False))
+    write_atomic(out / SUMMARY_FILE, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
     return result
 
 

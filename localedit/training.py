@@ -20,7 +20,9 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
+from localedit.atomic import write_atomic
 from localedit.parameterisation import check_prediction_type, training_target
+from localedit.pixels import to_signed
 from localedit.synthetic import GENERATOR_VERSION, sample_faces
 
 CHECKPOINT = "checkpoint.pt"
@@ -102,9 +104,7 @@ def _canonical(config: dict) -> str:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _update_ema(ema: UNet2DModel, model: UNet2DModel, decay: float) -> None:
@@ -157,7 +157,7 @@ def train(config: TrainConfig, work_dir: str | Path, progress: bool = True) -> T
             group["lr"] = lr
         # Fresh data every step: the generator's seed stream is indexed by step, so resume is exact.
         x0 = sample_faces(config.batch_size, seed=config.seed * 1_000_003 + step, size=config.resolution).images
-        x0 = x0 * 2 - 1
+        x0 = to_signed(x0)
         g = torch.Generator().manual_seed(config.seed * 7_919 + step)
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, config.num_train_timesteps, (x0.shape[0],), generator=g)

@@ -26,6 +26,13 @@ On the bundled model, from the 24 bundled mining images at t = 500, the top eyes
 |cos| 0.69 with the supervised eye-openness direction (the paper's top JIVE individual
 direction: 0.13-0.36), and it opens closed eyes.
 
+The *joint* variation is the other half of that split: the principal axes of the images' whole
+h (every cell), i.e. the leading components of the concatenated blocks, which JIVE's joint
+structure estimates (Lock et al. 2013). They are the factors every region moves with, the
+global edits: on the bundled model the top one moves mostly global generator factors (face
+width, lighting; global-factor share 0.67 on two images at matched strength), where the
+paper's JIVE joint direction moves mostly skin tone (0.36).
+
 Edits with these directions should be applied at every reverse step (``EditSchedule("all")``):
 added only at t >= 500 the same direction is far less local (0.27 vs 0.76 on four held-out
 images; the supervised direction: 0.29 vs 0.92).
@@ -74,6 +81,9 @@ class RegionVariation:
         fixed (largest-magnitude entry positive), one per region.
     variances_ : list of (r_a,) float32 tensors: variance of the images' residual h along each
         direction (units of h squared).
+    joint_directions_ : (d, r) float32, orthonormal columns, strongest first, signs fixed: the
+        principal axes of the images' whole h (the variation all regions share: global edits).
+    joint_variances_ : (r,) float32: the images' variance of h along each joint direction.
     cells_ : (R, d) 0/1 indicators of each region's h cells.
     n_images_ : images the fit used.
     """
@@ -107,6 +117,7 @@ class RegionVariation:
         H = h.flatten(1).to(torch.float64)
         H = H - H.mean(0)
         self.cells_ = torch.stack([h_cells(r.mask, h.shape[1:]) for r in regions]).to(H)
+        self.joint_directions_, self.joint_variances_ = self._principal_axes(H, n)
         self.directions_, self.variances_ = [], []
         for region, cells in zip(regions, self.cells_):
             if not 0 < cells.sum() < cells.numel():
@@ -114,14 +125,19 @@ class RegionVariation:
                                  f"h cell; its variation cannot be told from the rest")
             outside = torch.linalg.svd(H * (1 - cells), full_matrices=False).U[:, : self.complement_rank]
             inside = H * cells
-            residual = inside - outside @ (outside.T @ inside)
-            _, sigma, Vh = torch.linalg.svd(residual, full_matrices=False)
-            keep = sigma > sigma[0] * 1e-6 if len(sigma) and sigma[0] > 0 else torch.zeros_like(sigma, dtype=torch.bool)
-            r = min(self.n_directions, int(keep.sum()))
-            self.directions_.append(fix_signs(Vh[:r].T).float())
-            self.variances_.append((sigma[:r] ** 2 / max(n - 1, 1)).float())
+            directions, variances = self._principal_axes(inside - outside @ (outside.T @ inside), n)
+            self.directions_.append(directions)
+            self.variances_.append(variances)
         self.n_images_ = n
         return self
+
+    def _principal_axes(self, X: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up to ``n_directions`` right singular vectors (d, r) of X (n, d) with non-negligible singular values,
+        signs fixed, and the variances (r,) along them."""
+        _, sigma, Vh = torch.linalg.svd(X, full_matrices=False)
+        keep = sigma > sigma[0] * 1e-6 if len(sigma) and sigma[0] > 0 else torch.zeros_like(sigma, dtype=torch.bool)
+        r = min(self.n_directions, int(keep.sum()))
+        return fix_signs(Vh[:r].T).float(), (sigma[:r] ** 2 / max(n - 1, 1)).float()
 
 
 def fit_region_variation(model: DiffusionModel, x_T: torch.Tensor, regions: Sequence[Region], t: int,

@@ -24,7 +24,7 @@ from localedit.report import text_table, write_report
 from localedit.samples import load_samples
 from localedit.store import RunStore
 from localedit.summary import save_results
-from tasks.runtime import GPU_TASK_OPTIONS, TASK_OPTIONS, cached_model, use_thread_share
+from tasks.runtime import GPU_TASK_OPTIONS, TASK_OPTIONS, cached_model, jacobian_threads, use_thread_share
 
 
 _local = threading.local()
@@ -71,8 +71,9 @@ def prepare_evaluation(run_dir: str, heldout: int, sources: int, target: float, 
 
 def catalogue_methods(complements: bool) -> tuple[str, ...]:
     """The comparison's names for a run's catalogue rows: region variation, region contrast, JIVE individual
-    (with or without complements) and JIVE joint."""
-    return "region_variation", "region_contrast", ("jive_complement" if complements else "jive_individual"), "jive_joint"
+    (with or without complements), JIVE joint and joint variation."""
+    return ("region_variation", "region_contrast", "jive_complement" if complements else "jive_individual", "jive_joint",
+            "joint_variation")
 
 
 @task(name="reference-directions", **GPU_TASK_OPTIONS)
@@ -101,10 +102,11 @@ def baseline_directions(plan: dict, index: int) -> list[Direction]:
     source, settings = plan["source"], plan["settings"]
     store = RunStore(settings["run_dir"])
     mined = [store.subspace(index, block) for block in store.config.blocks]  # the run's own, at the same latent
-    found, _ = method_directions(model, None, list(plan["scorer"].regions.values()), source.keys[index],
-                                 settings["t"], settings["k"], source.num_steps, seed=index,
-                                 x_T=source.x_T[index : index + 1].to(model.device), jive=settings["jive"],
-                                 mined=mined if settings["complements"] else None)
+    with jacobian_threads():  # forward AD one thread at a time, with every core while it holds the lock
+        found, _ = method_directions(model, None, list(plan["scorer"].regions.values()), source.keys[index],
+                                     settings["t"], settings["k"], source.num_steps, seed=index,
+                                     x_T=source.x_T[index : index + 1].to(model.device), jive=settings["jive"],
+                                     mined=mined if settings["complements"] else None)
     provided = catalogue_methods(settings["complements"])
     return [d for d in found if d.method not in provided]
 

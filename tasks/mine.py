@@ -14,6 +14,7 @@ from prefect import task
 
 from localedit.ddim import denoise
 from localedit.mining import Latent, latent_at, region_subspaces, split_subspaces
+from localedit.pixels import to_unit
 from localedit.store import RunStore
 from tasks.runtime import GPU_TASK_OPTIONS, TASK_OPTIONS, cached_model, jacobian_threads, use_thread_share
 
@@ -38,7 +39,7 @@ def invert_image(run_dir: str, index: int) -> dict:
         # Decode the seeded noise as a sample (x0 clipped), then invert it like a real image:
         # edits decode without clipping, so only an inverted x_T reproduces the image.
         noise = store.x_T(index)[None].to(model.device)
-        image = (denoise(model, noise, config.num_steps, clip_sample=True)[0].clamp(-1, 1) + 1) / 2
+        image = to_unit(denoise(model, noise, config.num_steps, clip_sample=True)[0])
         latent = latent_at(model, image, config.t, config.num_steps)
     else:
         latent = latent_at(model, store.image(index), config.t, config.num_steps)

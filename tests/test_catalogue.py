@@ -167,14 +167,19 @@ def test_with_the_model_the_most_local_family_takes_the_individual_ids(tmp_path,
 
 def test_a_local_but_impure_family_loses_the_individual_ids_to_a_pure_one():
     """The family choice weighs the probe's purity: 0.95 local moving the wrong factor loses to 0.85 local and pure;
-    without a probe reading (purity NaN) locality alone decides; unread lower ranks keep their family ids."""
+    without a probe reading (purity NaN) locality alone decides; unread lower ranks keep their family ids. The
+    joint family moving the global factors most is joint/r."""
     from localedit.labels import Reading
 
     v = torch.zeros(4)
     found = [("eyes", "region_contrast", {}, v), ("eyes", "region_contrast", {}, v), ("eyes", "region_variation", {}, v),
-             ("mouth", "region_contrast", {}, v), ("mouth", "region_variation", {}, v), ("eyes+mouth", "jive_joint", {}, v)]
+             ("mouth", "region_contrast", {}, v), ("mouth", "region_variation", {}, v), ("eyes+mouth", "jive_joint", {}, v),
+             ("eyes+mouth", "joint_variation", {}, v)]
     nan = float("nan")
     readings = [Reading("skin_tone", 0.4, 0.95, 0.6, 0.1), None, Reading("eye_openness", 0.8, 0.85, 0.87, 0.1),
-                Reading("", nan, 0.9, nan, 0.1), Reading("", nan, 0.3, nan, 0.1), None]
+                Reading("", nan, 0.9, nan, 0.1), Reading("", nan, 0.3, nan, 0.1),
+                Reading("skin_tone", 0.3, 0.4, 0.36, 0.1), Reading("face_width", 0.4, 0.5, 0.67, 0.1)]
     assert catalogue._ids(found, readings) == ["eyes/contrast/0", "eyes/contrast/1", "eyes/individual/0",
-                                               "mouth/individual/0", "mouth/variation/0", "joint/0"]
+                                               "mouth/individual/0", "mouth/variation/0", "joint/jive/0", "joint/0"]
+    unread = [None] * len(found)  # no model readings: the first family found keeps the ids (JIVE's joint)
+    assert catalogue._ids(found, unread)[-2:] == ["joint/0", "joint/variation/0"]

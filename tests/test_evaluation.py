@@ -121,7 +121,7 @@ def test_method_directions_cover_every_method(tiny_model, setting):
     found, latent = method_directions(tiny_model, None, regions, "s0", k=3, num_steps=4, x_T=source.x_T)
     methods = {d.method for d in found}
     # a random model may share no direction across regions; region variation is found over many images at once
-    assert methods >= set(METHODS) - {"jive_joint", "region_variation", "region_contrast"}
+    assert methods >= set(METHODS) - {"jive_joint", "region_variation", "region_contrast", "joint_variation"}
     for d in found:
         assert d.vector.norm() == pytest.approx(1.0, abs=1e-5)
         assert (d.region is None) == (d.method in REGION_FREE)

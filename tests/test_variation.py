@@ -60,6 +60,16 @@ def test_the_planted_local_direction_wins_over_a_five_times_stronger_global_one(
     assert abs(float(plain.directions_[0][:, 0] @ local["eyes"])) < 0.5
 
 
+def test_the_joint_directions_span_the_planted_global_factors_and_equal_the_principal_axes():
+    h, glob, _ = planted()
+    fit = RegionVariation(n_directions=3, complement_rank=3).fit(h, [EYES, MOUTH])
+    assert principal_angles(fit.joint_directions_, glob).max() < 2.0  # degrees
+    H = h.flatten(1).double()
+    _, sigma, Vh = torch.linalg.svd(H - H.mean(0), full_matrices=False)  # the exact PCA
+    assert torch.allclose((Vh[:3].float() @ fit.joint_directions_).abs().diagonal(), torch.ones(3), atol=1e-4)
+    torch.testing.assert_close(fit.joint_variances_, (sigma[:3] ** 2 / (len(H) - 1)).float())
+
+
 def test_directions_are_orthonormal_with_fixed_signs_and_deterministic():
     h, _, _ = planted(seed=1)
     a = RegionVariation(n_directions=4, complement_rank=3).fit(h, [EYES, MOUTH])
