@@ -218,13 +218,13 @@ def _counting_products(count: Counter):
     """Count the columns that pass through the engine's batched JVP and VJP."""
     jvp_, vjp_ = MaskedJacobian.jvp, MaskedJacobian.vjp
 
-    def counted_jvp(op, V):
+    def counted_jvp(op, V, *args, **kwargs):
         count.update(jvps=V.shape[0] * V.shape[2])
-        return jvp_(op, V)
+        return jvp_(op, V, *args, **kwargs)
 
-    def counted_vjp(op, U):
+    def counted_vjp(op, U, *args, **kwargs):
         count.update(vjps=U.shape[0] * U.shape[1])
-        return vjp_(op, U)
+        return vjp_(op, U, *args, **kwargs)
 
     MaskedJacobian.jvp, MaskedJacobian.vjp = counted_jvp, counted_vjp
     try:

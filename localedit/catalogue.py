@@ -63,7 +63,7 @@ def joint_region(regions) -> str:
 COLUMNS = ["id", "region", "kind", "method", "rank", "singular_value", "consistency", "support", "n_images",
            "vector", "t", "label", "label_share", "edit_locality", "edit_purity", "edit_alpha", "reference", "reference_cos", "model_fingerprint",
            "run_id", "created_at"]
-LABEL_IMAGES = 2  # run images edited to read each direction's label
+LABEL_IMAGES = 4  # run images edited to read each direction (two were too few: the reading then disagreed with held-out faces)
 LABEL_RANKS = 2  # directions of each family read (label, locality, purity); lower ranks are left unread
 CONTRAST_IMAGES = 4  # run images whose Jacobians region contrast sums over
 
