@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml Makefile
 run: setup
 	$(VENV)/bin/localedit run
 
+# One worker per core, a whole test file per worker (module fixtures such as a mined run are built once).
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) .pytest_cache
