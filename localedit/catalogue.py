@@ -61,8 +61,8 @@ def joint_region(regions) -> str:
 
 
 COLUMNS = ["id", "region", "kind", "method", "rank", "singular_value", "consistency", "support", "n_images",
-           "vector", "t", "label", "label_share", "edit_locality", "edit_purity", "edit_alpha", "reference", "reference_cos", "model_fingerprint",
-           "run_id", "created_at"]
+           "vector", "t", "label", "label_share", "edit_locality", "edit_purity", "edit_alpha", "reference",
+           "reference_cos", "model_fingerprint", "run_id", "created_at"]
 LABEL_IMAGES = 4  # run images edited to read each direction (two were too few: the reading then disagreed with held-out faces)
 LABEL_RANKS = 2  # directions of each family read (label, locality, purity); lower ranks are left unread
 CONTRAST_IMAGES = 4  # run images whose Jacobians region contrast sums over
@@ -136,24 +136,24 @@ def _family_ranks(found: list[Row]) -> list[int]:
     return ranks
 
 
-def _ids(found: list[Row], readings: list[Reading | None]) -> list[str]:
-    """Row ids ``<region>/<family>/<rank>`` and ``joint/<family>/<rank>``. Per region, the local family whose top
-    direction scored best on the run's images (``_selection_score``; ties and unread: the first found) is listed
-    as ``<region>/individual/<rank>`` instead, and the best joint family as ``joint/<rank>``."""
-    ids, best = [], {}
-    for (region, method, _, _), rank, reading in zip(found, _family_ranks(found), readings):
-        group = "joint" if method in JOINT_METHODS else region
-        ids.append(f"{group}/{FAMILIES[method]}/{rank}")
-        if rank == 0:
-            score = _selection_score(reading, method in JOINT_METHODS)
-            if group not in best or score > best[group][1]:
-                best[group] = (method, score)
-    out = []
-    for id_, (region, method, _, _) in zip(ids, found):
-        group = "joint" if method in JOINT_METHODS else region
-        chosen = "/" if method in JOINT_METHODS else "/individual/"
-        out.append(id_.replace(f"/{FAMILIES[method]}/", chosen) if best[group][0] == method else id_)
-    return out
+def _ids(found: list[Row], ranks: list[int], readings: list[Reading | None]) -> list[str]:
+    """Row ids ``<region>/<family>/<rank>`` and ``joint/<family>/<rank>`` (``ranks``: ``_family_ranks``). Per
+    region, the local family whose top direction scored best on the run's images (``_selection_score``; ties and
+    unread: the first found) is listed as ``<region>/individual/<rank>`` instead, and the best joint family as
+    ``joint/<rank>``."""
+    groups = ["joint" if method in JOINT_METHODS else region for region, method, _, _ in found]
+    best: dict[str, tuple[str, float]] = {}
+    for group, (_, method, _, _), rank, reading in zip(groups, found, ranks, readings):
+        score = _selection_score(reading, group == "joint")
+        if rank == 0 and (group not in best or score > best[group][1]):
+            best[group] = (method, score)
+
+    def name(group: str, method: str, rank: int) -> str:
+        if best[group][0] != method:
+            return f"{group}/{FAMILIES[method]}/{rank}"
+        return f"joint/{rank}" if group == "joint" else f"{group}/individual/{rank}"
+
+    return [name(group, method, rank) for group, (_, method, _, _), rank in zip(groups, found, ranks)]
 
 
 def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support: int = DEFAULT_MIN_SUPPORT,
@@ -189,8 +189,9 @@ def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support
     vectors = torch.stack([v for *_, v in found]) if found else torch.zeros(0, config.h_dim)
     masks = {r.name: r.mask for r in store.regions}
     masks[joint_region(config.regions)] = torch.stack(list(masks.values())).amax(0)
+    ranks = _family_ranks(found)
     readings: list[Reading | None] = [None] * len(found)
-    read = [i for i, rank in enumerate(_family_ranks(found)) if rank < LABEL_RANKS] if model is not None else []
+    read = [i for i, rank in enumerate(ranks) if rank < LABEL_RANKS] if model is not None else []
     if read:
         x_T = torch.stack([store.x_T(i) for i in range(min(LABEL_IMAGES, len(config.images)))])
         for i, reading in zip(read, read_edits(model, x_T, vectors[read], [found[i][0] for i in read],
@@ -204,13 +205,13 @@ def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support
     created_at = pd.Timestamp(datetime.now(timezone.utc))
     nothing = Reading("", float("nan"), float("nan"), float("nan"), float("nan"))
     rows = [{"id": id_, "region": region, "kind": "joint" if method in JOINT_METHODS else "individual", "method": method,
-             "rank": int(id_.rsplit("/", 1)[1]), **stats, "vector": i, "t": config.t, "label": reading.label,
+             "rank": rank, **stats, "vector": i, "t": config.t, "label": reading.label,
              "label_share": reading.label_share, "edit_locality": reading.locality, "edit_purity": reading.purity,
              "edit_alpha": reading.alpha, "reference": ref,
              "reference_cos": cos, "model_fingerprint": config.model_fingerprint, "run_id": store.run_id,
              "created_at": created_at}
-            for i, (id_, (region, method, stats, _), reading, (ref, cos))
-            in enumerate(zip(_ids(found, readings), found, [r or nothing for r in readings], closest))]
+            for i, (id_, rank, (region, method, stats, _), reading, (ref, cos))
+            in enumerate(zip(_ids(found, ranks, readings), ranks, found, [r or nothing for r in readings], closest))]
     frame = pd.DataFrame(rows, columns=COLUMNS)
     path = store.run_dir / CATALOGUE_NAME
     path.unlink(missing_ok=True)  # from here until the rename below, the run has no catalogue

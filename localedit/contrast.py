@@ -12,8 +12,8 @@ that falls inside the region. It is positive only where l_i > mu / (1 + mu) (0.7
 so energy alone no longer wins; summing over images favours directions local on all of them.
 C_a is never formed: Lanczos (``scipy.sparse.linalg.eigsh``) needs only products C_a v: one
 JVP and one VJP through a single linearisation of the U-Net's up path over all images at once
-(the images are a batch, the tangent is the same v for each), about twice as fast on a CPU as
-one linearisation per image.
+(the images are a batch, the tangent is the same v for each): 6.1x faster on this CPU than one
+linearisation per image, with the same eigenvalues (``benchmarks/RESULTS.md``).
 
 Measured on the bundled model (``benchmarks/direction_quality.py``, edits at every reverse step,
 matched strength, held-out faces): one image's mouth contrast direction has better-sign locality
@@ -28,14 +28,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
-
 from torch.func import vjp
 
 from localedit.aggregate import fix_signs
 from localedit.forward_ad import jvp
 from localedit.hspace import decode, encode
-from localedit.models import DiffusionModel, prediction_type
-from localedit.parameterisation import noise_gain
+from localedit.jacobian import noise_prediction_gain
+from localedit.models import DiffusionModel
 from localedit.regions import Region
 
 DEFAULT_PENALTY = 3.0
@@ -57,9 +56,7 @@ def contrast_directions(model: DiffusionModel, x_t: torch.Tensor, t: int, region
         raise ValueError(f"need mu >= 0 and k >= 1; got {mu}, {k}")
     state = encode(model.unet, x_t.to(model.device), t)
     h = state.h
-    # As in the Jacobian engine: the method is stated for the noise prediction, other parameterisations
-    # differ by a scalar per timestep.
-    gain = float(noise_gain(prediction_type(model), model.scheduler.alphas_cumprod[int(state.timesteps[0])]))
+    gain = noise_prediction_gain(model, state)
 
     def f(h_):
         return gain * decode(model.unet, h_, state)

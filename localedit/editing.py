@@ -32,6 +32,7 @@ def unit_direction(direction: torch.Tensor, model: DiffusionModel) -> torch.Tens
 
 
 EDIT_BATCH = 64  # images denoised at once by ``edit_many``: big enough to amortise per-call overhead on a CPU
+ALPHA_RANGE = (1e-3, 4.0)  # strengths (relative to ||h||) that strength matching may choose: a dead direction stays finite
 
 
 def edit(
@@ -67,8 +68,8 @@ def edit_many(
     alpha (k of them, or per direction: a tensor (m, k)): returns (m, n, k, C, H, W) in [0, 1].
 
     The (direction, image, alpha) triples are denoised together in batches of ``EDIT_BATCH``
-    (each element with its own h shift), which on a CPU is several times faster than one
-    direction at a time. Raises ValueError for a direction of the wrong size or zero norm.
+    (each element with its own h shift): per image, 1.7x cheaper on this CPU at batch 32 than
+    at batch 2 (one thread, bundled model). Raises ValueError for a direction of the wrong size or zero norm.
     """
     V = torch.stack([unit_direction(v, model) for v in directions]).to(model.device)
     x_T = x_T.to(model.device)

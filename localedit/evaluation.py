@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from localedit.baselines import METHODS, Direction, method_directions
 from localedit.ddim import DEFAULT_STEPS, EditSchedule, denoise, invert
-from localedit.editing import edit, write_strip
+from localedit.editing import ALPHA_RANGE, edit, write_strip
 from localedit.metrics import TARGET_CHANGE, Perceptual, image_metrics, total_change
 from localedit.mining import DEFAULT_K, DEFAULT_T
 from localedit.models import DiffusionModel
@@ -110,7 +110,7 @@ class Match:
 
 
 def match_strength(measure: Callable[[float], tuple[float, object]], target: float, alpha0: float = 0.1,
-                   rtol: float = 0.1, max_evals: int = 6, bounds: tuple[float, float] = (1e-3, 4.0)) -> Match:
+                   rtol: float = 0.1, max_evals: int = 6, bounds: tuple[float, float] = ALPHA_RANGE) -> Match:
     """Alpha whose change ``measure(alpha)[0]`` is within ``rtol`` of ``target``: safeguarded bisection on log alpha.
 
     Before a bracket exists the change is taken as proportional to alpha (edits are nearly

@@ -64,6 +64,13 @@ def _sin_max_angle(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_norm(resid, ord=2).clamp(max=1.0)
 
 
+def noise_prediction_gain(model: DiffusionModel, state: HState) -> float:
+    """The scalar turning the model's output into its noise prediction at the state's timestep: the method is
+    stated for the noise prediction, and the other parameterisations differ from it by this factor."""
+    alpha_bar = model.scheduler.alphas_cumprod[int(state.timesteps.reshape(-1)[0])]
+    return float(noise_gain(prediction_type(model), alpha_bar))
+
+
 class MaskedJacobian:
     """Products with J_a = d(mask_a * eps)/dh at one (x_t, t) for several masks at once."""
 
@@ -72,10 +79,7 @@ class MaskedJacobian:
             raise ValueError("subspaces are computed one image at a time (state batch must be 1)")
         self.unet = model.unet
         self.state = state
-        # The method is stated for the noise prediction; other parameterisations differ by a scalar.
-        t = int(state.timesteps.reshape(-1)[0])
-        alpha_bar = model.scheduler.alphas_cumprod[t]
-        self.gain = float(noise_gain(prediction_type(model), alpha_bar))
+        self.gain = noise_prediction_gain(model, state)
         self.masks = masks.to(state.h).reshape(masks.shape[0], 1, 1, *masks.shape[-2:])
         self.h = state.h
         eps, self._vjp = vjp(self._f, self.h)

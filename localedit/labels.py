@@ -15,14 +15,13 @@ import numpy as np
 import torch
 
 from localedit.ddim import DEFAULT_STEPS, EditSchedule, denoise
-from localedit.editing import edit_many
+from localedit.editing import ALPHA_RANGE, edit_many
 from localedit.metrics import TARGET_CHANGE, locality, total_change
 from localedit.models import DiffusionModel
 from localedit.pixels import to_unit
 from localedit.probe import FactorProbe, factor_change, factor_purity, region_factors
 
 PROBE_ALPHA = 0.1  # relative to ||h||: the first, probing edit, from which the matched strength is extrapolated
-ALPHA_RANGE = (1e-3, 4.0)  # the matched alpha is kept inside this range (a dead direction does not explode)
 
 
 @dataclass

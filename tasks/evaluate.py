@@ -101,12 +101,13 @@ def baseline_directions(plan: dict, index: int) -> list[Direction]:
     model = _model(plan)
     source, settings = plan["source"], plan["settings"]
     store = RunStore(settings["run_dir"])
-    mined = [store.subspace(index, block) for block in store.config.blocks]  # the run's own, at the same latent
+    # The run's own subspaces at the same latent (regions, then complements: what the baselines need).
+    mined = [store.subspace(index, block) for block in store.config.blocks] if settings["complements"] else None
     with jacobian_threads():  # forward AD one thread at a time, with every core while it holds the lock
         found, _ = method_directions(model, None, list(plan["scorer"].regions.values()), source.keys[index],
                                      settings["t"], settings["k"], source.num_steps, seed=index,
                                      x_T=source.x_T[index : index + 1].to(model.device), jive=settings["jive"],
-                                     mined=mined if settings["complements"] else None)
+                                     mined=mined)
     provided = catalogue_methods(settings["complements"])
     return [d for d in found if d.method not in provided]
 

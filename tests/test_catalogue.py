@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from localedit import catalogue
+from localedit.editing import ALPHA_RANGE
 from localedit.jive import JIVE
-from localedit.labels import ALPHA_RANGE
 from localedit.mining import Split
 from localedit.models import DiffusionModel
 from localedit.store import RunStore
@@ -179,7 +179,8 @@ def test_a_local_but_impure_family_loses_the_individual_ids_to_a_pure_one():
     readings = [Reading("skin_tone", 0.4, 0.95, 0.6, 0.1), None, Reading("eye_openness", 0.8, 0.85, 0.87, 0.1),
                 Reading("", nan, 0.9, nan, 0.1), Reading("", nan, 0.3, nan, 0.1),
                 Reading("skin_tone", 0.3, 0.4, 0.36, 0.1), Reading("face_width", 0.4, 0.5, 0.67, 0.1)]
-    assert catalogue._ids(found, readings) == ["eyes/contrast/0", "eyes/contrast/1", "eyes/individual/0",
+    ranks = catalogue._family_ranks(found)
+    assert catalogue._ids(found, ranks, readings) == ["eyes/contrast/0", "eyes/contrast/1", "eyes/individual/0",
                                                "mouth/individual/0", "mouth/variation/0", "joint/jive/0", "joint/0"]
     unread = [None] * len(found)  # no model readings: the first family found keeps the ids (JIVE's joint)
-    assert catalogue._ids(found, unread)[-2:] == ["joint/0", "joint/variation/0"]
+    assert catalogue._ids(found, ranks, unread)[-2:] == ["joint/0", "joint/variation/0"]

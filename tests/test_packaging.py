@@ -13,8 +13,13 @@ def test_a_wheel_installs_the_bundled_data_and_finds_it(tmp_path):
                     "-w", str(tmp_path / "wheel"), str(ROOT)], check=True, capture_output=True)
     [wheel] = (tmp_path / "wheel").glob("*.whl")
     prefix = tmp_path / "prefix"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--prefix", str(prefix), str(wheel)],
+    script = Path(sys.executable).with_name("localedit")
+    had_script = script.exists()
+    # --ignore-installed: without it pip first uninstalls the environment's own (editable) localedit.
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--ignore-installed",
+                    "--prefix", str(prefix), str(wheel)],
                    check=True, capture_output=True)
+    assert script.exists() == had_script  # the test environment's install is untouched
     [site] = prefix.glob("lib/python*/site-packages")
     probe = ("import localedit, localedit.paths as p; from localedit.models import load_model; "
              "from localedit.samples import load_samples; "
