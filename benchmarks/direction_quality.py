@@ -15,8 +15,8 @@ Criteria:
 - ``penalised_jacobian``: top eigenvector of J^T (M - mu (1 - M)) J at t = 500 (mu = 3), a
   locality-penalised eigenproblem over the whole h-space, solved matrix-free by Lanczos
   (``scipy.sparse.linalg.eigsh``) on JVP/VJP products; one mining image.
-- ``region_contrast``: the same summed over the four source images (``localedit.contrast``).
-- ``region_variation``: ours (``localedit.variation``), over the 24 bundled mining images.
+- ``region_contrast``: the same summed over the four source images (``localedit.core.contrast``).
+- ``region_variation``: ours (``localedit.core.variation``), over the 24 bundled mining images.
 - ``reference``: the supervised twin direction of the region's main factor (a yardstick).
 
     python benchmarks/direction_quality.py --json            # ~20-40 min on 2 CPU cores
@@ -32,24 +32,24 @@ import time
 import pandas as pd
 import torch
 
-from localedit.baselines import Direction, method_directions
-from localedit.contrast import contrast_directions
-from localedit.ddim import EditSchedule, invert
-from localedit.evaluation import (Scorer, evaluate_direction, load_probe_or_note, prepare_images,
-                                  variation_directions)
-from localedit.mining import latent_at
-from localedit.models import load_model
-from localedit.pixels import to_signed
-from localedit.references import reference_directions, regions_of
-from localedit.regions import resolve_regions
-from localedit.samples import load_samples
-from localedit.summary import with_best_sign
+from localedit.bundled.references import reference_directions, regions_of
+from localedit.bundled.samples import load_samples
+from localedit.core.contrast import contrast_directions
+from localedit.core.ddim import EditSchedule, invert
+from localedit.core.mining import latent_at
+from localedit.core.models import load_model
+from localedit.core.regions import resolve_regions
+from localedit.evaluation.baselines import Direction, method_directions
+from localedit.evaluation.compare import load_probe_or_note, variation_directions
+from localedit.evaluation.scoring import Scorer, evaluate_direction, prepare_images
+from localedit.evaluation.summary import with_best_sign
+from localedit.utils.pixels import to_signed
 
 MAIN_FACTOR = {"eyes": "eye_openness", "mouth": "mouth_curvature"}
 
 
 def contrast(model, x_T, regions, t, name):
-    """Region contrast (``localedit.contrast``) over the images with latents ``x_T``: top direction per region."""
+    """Region contrast (``localedit.core.contrast``) over the images with latents ``x_T``: top direction per region."""
     latent = latent_at(model, None, t, x_T=x_T)
     found = contrast_directions(model, latent.x_t, latent.t, regions, k=1)
     return [Direction(f"{name}:{r.name}", name, r.name, "h", vectors[:, 0], latent.t)

@@ -75,8 +75,8 @@ def bundled_or_random(workdir: Path) -> tuple[str, str]:
     architecture with random weights saved to ``workdir``. Returns the model argument and a description."""
     from diffusers import UNet2DModel
 
-    from localedit.models import BUNDLED_MODEL_DIR, from_unet, save_model
-    from localedit.training import TrainConfig
+    from localedit.bundled.training import TrainConfig
+    from localedit.core.models import BUNDLED_MODEL_DIR, from_unet, save_model
 
     if (BUNDLED_MODEL_DIR / "config.json").exists():
         return str(BUNDLED_MODEL_DIR), "the bundled model (trained)"

@@ -7,7 +7,7 @@ J = d(mask * eps)/dh on the same model, state and mask, in the same process:
   J v by forward-mode ``torch.autograd.functional.jacobian`` of a scalar step, J^T u by autograd.
 - ``chunked_jacfwd``: subspace iteration with J V from ``torch.func.jacfwd`` in chunks, U^T J
   from the reverse-mode autograd Jacobian of <u_i, f>, then an SVD (Park et al. / LOCO-Edit).
-- ``ours``: ``localedit.jacobian.subspaces``.
+- ``ours``: ``localedit.core.jacobian.subspaces``.
 
 Each is given the smallest iteration budget whose result lies within ``--target`` degrees
 (largest principal angle) of a reference subspace; that run's time is its time to
@@ -37,11 +37,11 @@ import torch
 from diffusers import UNet2DModel
 from torch.func import vjp, vmap
 
-from localedit.forward_ad import jacfwd, jvp
-from localedit.hspace import HState, decode, encode
-from localedit.jacobian import MaskedJacobian, subspaces
-from localedit.models import BUNDLED_MODEL_DIR, DiffusionModel, from_unet, load_model
-from localedit.training import TrainConfig
+from localedit.bundled.training import TrainConfig
+from localedit.core.forward_ad import jacfwd, jvp
+from localedit.core.hspace import HState, decode, encode
+from localedit.core.jacobian import MaskedJacobian, subspaces
+from localedit.core.models import BUNDLED_MODEL_DIR, DiffusionModel, from_unet, load_model
 
 # The U-Net of google/ddpm-celebahq-256 (its published config.json), built with random weights.
 CELEBAHQ_256 = dict(

@@ -18,10 +18,20 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.stopping import stoppable
-from localedit.evaluation import TARGET_CHANGE, strip_path
-from localedit.samples import SAMPLES_DIR
-from tasks.evaluate import (baseline_directions, catalogue_directions, match_task, prepare_evaluation, publish, reference_task,
-                            score_task, source_index, sweep_task)
+from localedit.bundled.samples import SAMPLES_DIR
+from localedit.evaluation.layout import strip_path
+from localedit.evaluation.metrics import TARGET_CHANGE
+from tasks.evaluate import (
+    baseline_directions,
+    catalogue_directions,
+    match_task,
+    prepare_evaluation,
+    publish,
+    reference_task,
+    score_task,
+    source_index,
+    sweep_task,
+)
 from tasks.runtime import local_slots, wait_all
 
 

@@ -4,7 +4,7 @@ images (a folder, the bundled samples, or N samples from the model) x regions ->
 image to the editing timestep t (one task per image) -> the subspaces of every region and
 complement of an image (one task per image, one linearisation) -> JIVE per image -> consensus
 across images -> catalogue. Everything lands in
-one run directory (see ``localedit.store``); rerunning on it resumes.
+one run directory (see ``localedit.store.runs``); rerunning on it resumes.
 
 Tasks run in this process by default (a thread pool, one slot per core); ``run_mining(...,
 runner="dask")`` sends them to a ``dask.distributed`` cluster instead, a local one or the one at
@@ -24,11 +24,11 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.catalogue import build_catalogue
-from tasks.mine import image_subspaces, invert_image, split_image
 from flows.local_server import pipeline_server
 from flows.stopping import stoppable
-from localedit.store import RunStore, run_lock
+from localedit.store.runs import RunStore, run_lock
+from tasks.catalogue import build_catalogue
+from tasks.mine import image_subspaces, invert_image, split_image
 from tasks.prepare import plan_run, prepare_run
 from tasks.runtime import WORKER_CORES_ENV, cores, local_slots, wait_all
 

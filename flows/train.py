@@ -11,9 +11,9 @@ from dataclasses import asdict, fields
 
 from prefect import flow
 
-from localedit.models import BUNDLED_MODEL_DIR
-from localedit.parameterisation import PREDICTION_TYPES
-from localedit.training import TrainConfig
+from localedit.bundled.training import TrainConfig
+from localedit.core.models import BUNDLED_MODEL_DIR
+from localedit.core.parameterisation import PREDICTION_TYPES
 from tasks.train import publish_model, train_unet
 
 

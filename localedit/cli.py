@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from localedit.badinput import BAD_INPUT, check_output_dir, check_output_file
+from localedit.utils.badinput import BAD_INPUT, check_output_dir, check_output_file
 
 DEFAULT_ALPHAS = (-0.3, -0.15, 0.0, 0.15, 0.3)
 
@@ -42,11 +42,11 @@ class _Parser(argparse.ArgumentParser):
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """One image, in memory: invert, mine the regions, write an edit strip per direction."""
-    from localedit.editing import edit, write_strip
-    from localedit.mining import mine_image
-    from localedit.models import load_model
-    from localedit.regions import resolve_regions
-    from localedit.samples import load_image, load_samples
+    from localedit.bundled.samples import load_image, load_samples
+    from localedit.core.editing import edit, write_strip
+    from localedit.core.mining import mine_image
+    from localedit.core.models import load_model
+    from localedit.core.regions import resolve_regions
 
     out = check_output_dir(args.out)
     model = load_model(args.model)
@@ -78,8 +78,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score directions at matched strength: a run's catalogue (via the flow), or with --compare alone every method in memory."""
     import json
 
-    from localedit.evaluation import TARGET_CHANGE
-    from localedit.report import text_table, write_report
+    from localedit.evaluation.metrics import TARGET_CHANGE
+    from localedit.evaluation.report import text_table, write_report
 
     target = TARGET_CHANGE if args.target is None else args.target
     if args.run:
@@ -91,9 +91,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                          baselines=args.compare, target=target)
         report = result["report"]
     elif args.compare:
-        from localedit.evaluation import load_probe_or_note, run_comparison
-        from localedit.metrics import load_lpips
-        from localedit.models import load_model
+        from localedit.core.models import load_model
+        from localedit.evaluation.compare import load_probe_or_note, run_comparison
+        from localedit.evaluation.metrics import load_lpips
 
         check_output_dir(args.out)
         model = load_model(args.model)
@@ -116,7 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Rewrite an evaluated run's self-contained report.html."""
-    from localedit.report import write_report
+    from localedit.evaluation.report import write_report
 
     print(write_report(args.run))
     return 0
@@ -131,8 +131,8 @@ def _print_mining(summary: dict) -> None:
 
 def _direction_strip(cat, model, direction: str, images: torch.Tensor, alphas, path: Path) -> Path:
     """Edit ``images`` along a catalogue direction at each alpha and write the strip, region outlined."""
-    from localedit.ddim import EditSchedule
-    from localedit.editing import edit, write_strip
+    from localedit.core.ddim import EditSchedule
+    from localedit.core.editing import edit, write_strip
 
     vector = cat.vector(direction)
     region = cat.frame.loc[cat.frame["id"] == direction, "region"].iloc[0]
@@ -160,7 +160,7 @@ CATALOGUE_COLUMNS = ["id", "method", "label", "label_share", "reference", "refer
 
 def cmd_catalogue(args: argparse.Namespace) -> int:
     """Print a run's directions (all, or those matching a pandas query)."""
-    from localedit import catalogue
+    from localedit.store import catalogue
 
     cat = catalogue.open(args.run)
     frame = cat.frame
@@ -180,9 +180,9 @@ def cmd_catalogue(args: argparse.Namespace) -> int:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     """Apply one catalogue direction to image files and write a strip (one row per image)."""
-    from localedit import catalogue
-    from localedit.models import load_model
-    from localedit.samples import load_image
+    from localedit.bundled.samples import load_image
+    from localedit.core.models import load_model
+    from localedit.store import catalogue
 
     out = check_output_file(args.out, ".png")
     cat = catalogue.open(args.catalogue)
@@ -210,10 +210,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from flows.mine import run_mining
-    from localedit import catalogue
-    from localedit.evaluation import STRIPS_DIR, strip_path
-    from localedit.models import load_model
-    from localedit.samples import load_samples
+    from localedit.bundled.samples import load_samples
+    from localedit.core.models import load_model
+    from localedit.evaluation.layout import STRIPS_DIR, strip_path
+    from localedit.store import catalogue
 
     summary = run_mining(runner=args.runner, out=args.out, model=args.model, images="bundled",
                          regions="eyes,mouth", t=500, k=8, num_steps=50, joint_rank=1)
@@ -231,7 +231,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"strip: {_direction_strip(cat, model, direction, heldout, DEFAULT_ALPHAS, path)}")
     if evaluate:
         from flows.evaluate import evaluate_directions
-        from localedit.report import text_table
+        from localedit.evaluation.report import text_table
 
         result = evaluate_directions(summary["run_dir"], heldout=args.evaluate_heldout, baselines=args.baselines)
         print(text_table(result["methods"]))

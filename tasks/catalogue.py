@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from prefect import task
 
-from localedit import catalogue
-from localedit.probe import load_probe
-from localedit.references import reference_directions, trained_on_generator
-from localedit.store import RunStore
+from localedit.bundled.probe import load_probe
+from localedit.bundled.references import reference_directions, trained_on_generator
+from localedit.store import catalogue
+from localedit.store.runs import RunStore
 from tasks.runtime import TASK_OPTIONS, cached_model, jacobian_threads
 
 

@@ -1,4 +1,4 @@
-"""Prefect tasks of the evaluation flow, thin wrappers over ``localedit.evaluation``.
+"""Prefect tasks of the evaluation flow, thin wrappers over ``localedit.evaluation.compare``.
 
 Image sets, directions and matches travel between tasks in memory (they are small: a few
 dozen 32-px images and h vectors); the model is loaded once per process.
@@ -14,18 +14,25 @@ import torch
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from localedit import catalogue
-from localedit.baselines import METHODS, Direction, method_directions
-from localedit.evaluation import (Match, Scorer, load_probe_or_note, match_direction, prepare_images, score_direction,
-                                  score_edits, supervised_references, sweep_direction)
-from localedit.metrics import load_lpips
-from localedit.models import DiffusionModel
-from localedit.report import text_table, write_report
-from localedit.samples import load_samples
-from localedit.store import RunStore
-from localedit.summary import save_results
+from localedit.bundled.samples import load_samples
+from localedit.core.models import DiffusionModel
+from localedit.evaluation.baselines import METHODS, Direction, method_directions
+from localedit.evaluation.compare import load_probe_or_note, supervised_references
+from localedit.evaluation.matching import Match
+from localedit.evaluation.metrics import load_lpips
+from localedit.evaluation.report import text_table, write_report
+from localedit.evaluation.scoring import (
+    Scorer,
+    match_direction,
+    prepare_images,
+    score_direction,
+    score_edits,
+    sweep_direction,
+)
+from localedit.evaluation.summary import save_results
+from localedit.store import catalogue
+from localedit.store.runs import RunStore
 from tasks.runtime import GPU_TASK_OPTIONS, TASK_OPTIONS, cached_model, jacobian_threads, use_thread_share
-
 
 _local = threading.local()
 

@@ -12,10 +12,10 @@ import time
 
 from prefect import task
 
-from localedit.ddim import denoise
-from localedit.mining import Latent, latent_at, region_subspaces, split_subspaces
-from localedit.pixels import to_unit
-from localedit.store import RunStore
+from localedit.core.ddim import denoise
+from localedit.core.mining import Latent, latent_at, region_subspaces, split_subspaces
+from localedit.store.runs import RunStore
+from localedit.utils.pixels import to_unit
 from tasks.runtime import GPU_TASK_OPTIONS, TASK_OPTIONS, cached_model, jacobian_threads, use_thread_share
 
 SKIPPED = {"computed": 0, "skipped": 1, "seconds": 0.0}
@@ -56,7 +56,7 @@ def image_subspaces(run_dir: str, index: int) -> dict:
     One task per image, not per block: the blocks share the linearisation and one stack of
     tangents, and the task holds the process's Jacobian lock with all its cores. A resumed run
     computes only the blocks not yet marked; each block's subspace is the same whichever blocks
-    share the call (``localedit.jacobian.subspaces``).
+    share the call (``localedit.core.jacobian.subspaces``).
     """
     store = RunStore(run_dir)
     config = store.config

@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 from prefect import task
 
-from localedit.badinput import check_output_dir
-from localedit.ddim import grid_timestep
-from localedit.hspace import h_shape
-from localedit.jive import JIVE
-from localedit.mining import complements_of
-from localedit.regions import resolve_regions
-from localedit.samples import SAMPLES_DIR, load_image, load_samples
-from localedit.store import STORE_NAME, RunConfig, RunStore
+from localedit.bundled.samples import SAMPLES_DIR, load_image, load_samples
+from localedit.core.ddim import grid_timestep
+from localedit.core.hspace import h_shape
+from localedit.core.jive import JIVE
+from localedit.core.mining import complements_of
+from localedit.core.regions import resolve_regions
+from localedit.store.runs import STORE_NAME, RunConfig, RunStore
+from localedit.utils.badinput import check_output_dir
 from tasks.runtime import TASK_OPTIONS, cached_model
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")

@@ -13,9 +13,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
-from localedit import forward_ad
-from localedit.badinput import BAD_INPUT
-from localedit.models import DiffusionModel, load_model
+from localedit.core import forward_ad
+from localedit.core.models import DiffusionModel, load_model
+from localedit.utils.badinput import BAD_INPUT
 
 # Cores a process may use: set it for Dask workers that share a machine (our LocalCluster does).
 WORKER_CORES_ENV = "LOCALEDIT_WORKER_CORES"
@@ -46,7 +46,7 @@ def use_thread_share() -> int:
 def jacobian_threads() -> Iterator[None]:
     """Hold the process's forward-AD lock with all of the process's cores, then go back to the thread share.
 
-    Only one thread of a process may be inside forward-mode AD (``localedit.forward_ad``), so a
+    Only one thread of a process may be inside forward-mode AD (``localedit.core.forward_ad``), so a
     Jacobian task waiting for the lock uses no core: the holder takes them all. Torch's thread
     count is per calling thread (OpenMP), so tasks running beside it keep their own share.
     """

@@ -1,4 +1,4 @@
-"""Prefect tasks over localedit.training and localedit.model_card: paths in, paths out."""
+"""Prefect tasks over localedit.bundled.training and localedit.evaluation.model_card: paths in, paths out."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 from prefect import task
 
-from localedit.model_card import loss_curve, measure, sample_grid, write_card
-from localedit.models import load_model, save_model
-from localedit.probe import load_probe
-from localedit.training import TrainConfig, load_loss_log, train
+from localedit.bundled.probe import load_probe
+from localedit.bundled.training import TrainConfig, load_loss_log, train
+from localedit.core.models import load_model, save_model
+from localedit.evaluation.model_card import loss_curve, measure, sample_grid, write_card
 
 
 @task(tags=["gpu"], retries=1)

@@ -9,7 +9,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from diffusers import UNet2DModel  # noqa: E402
 
-from localedit.models import from_unet  # noqa: E402
+from localedit.core.models import from_unet  # noqa: E402
 
 
 def tiny_unet(size: int = 16, seed: int = 0, channels=(8, 16)) -> UNet2DModel:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from localedit.aggregate import consensus
+from localedit.core.aggregate import consensus
 
 D = 200
 

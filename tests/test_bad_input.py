@@ -18,10 +18,10 @@ from PIL import Image
 
 from flows.mine import mine_directions
 from localedit.cli import main
-from localedit.imagefile import ImageInputWarning, load_image, load_mask
-from localedit.models import from_unet, save_model
-from localedit.regions import resolve_regions
-from localedit.store import RunStore
+from localedit.core.models import from_unet, save_model
+from localedit.core.regions import resolve_regions
+from localedit.store.runs import RunStore
+from localedit.utils.imagefile import ImageInputWarning, load_image, load_mask
 from tasks.prepare import SkippedFilesWarning, image_files
 from tasks.runtime import transient
 from tests.conftest import tiny_unet

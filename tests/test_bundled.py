@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from localedit.ddim import reconstruct
-from localedit.mining import mine_image
-from localedit.model_card import edit_locality, x0_error_by_timestep
-from localedit.models import BUNDLED_MODEL_DIR, load_model
-from localedit.regions import resolve_regions
-from localedit.samples import load_samples
-from localedit.synthetic import sample_faces
+from localedit.bundled.samples import load_samples
+from localedit.bundled.synthetic import sample_faces
+from localedit.core.ddim import reconstruct
+from localedit.core.mining import mine_image
+from localedit.core.models import BUNDLED_MODEL_DIR, load_model
+from localedit.core.regions import resolve_regions
+from localedit.evaluation.model_card import edit_locality, x0_error_by_timestep
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +75,8 @@ def test_clean_image_estimate_beats_guessing_the_mean_at_every_timestep(bundled)
 def test_shipped_references_are_read_not_recomputed_and_match_fresh_twins(bundled, tmp_path, monkeypatch):
     """The bundled model carries the default run's references (no ~2 CPU minutes on a fresh clone); they are what
     the twins give: the eye-openness twins, drawn again, give the shipped direction."""
-    from localedit import references
-    from localedit.mining import DEFAULT_T
+    from localedit.bundled import references
+    from localedit.core.mining import DEFAULT_T
 
     def no_twins(*args, **kwargs):
         raise AssertionError("the shipped references were recomputed")

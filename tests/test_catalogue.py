@@ -4,12 +4,12 @@ import pandas as pd
 import pytest
 import torch
 
-from localedit import catalogue
-from localedit.editing import ALPHA_RANGE
-from localedit.jive import JIVE
-from localedit.mining import Split
-from localedit.models import DiffusionModel
-from localedit.store import RunStore
+from localedit.core.editing import ALPHA_RANGE
+from localedit.core.jive import JIVE
+from localedit.core.mining import Split
+from localedit.core.models import DiffusionModel
+from localedit.store import catalogue
+from localedit.store.runs import RunStore
 from tests.test_store import box_masks, orthonormal, small_config
 
 N = 4
@@ -127,8 +127,8 @@ def test_with_the_model_the_most_local_family_takes_the_individual_ids(tmp_path,
     whose top direction edited the run's images most locally (no probe: no purity) is listed as
     eyes/individual/r; the top LABEL_RANKS of each family are read at matched strength; the
     region-variation vectors are the estimator's own on the images' h."""
-    from localedit.hspace import encode, h_shape
-    from localedit.variation import RegionVariation
+    from localedit.core.hspace import encode, h_shape
+    from localedit.core.variation import RegionVariation
 
     monkeypatch.setattr(catalogue, "CONTRAST_IMAGES", 1)  # Lanczos on a random U-Net converges slowly; one image will do
     size = tiny_model.resolution
@@ -169,7 +169,7 @@ def test_a_local_but_impure_family_loses_the_individual_ids_to_a_pure_one():
     """The family choice weighs the probe's purity: 0.95 local moving the wrong factor loses to 0.85 local and pure;
     without a probe reading (purity NaN) locality alone decides; unread lower ranks keep their family ids. The
     joint family moving the global factors most is joint/r."""
-    from localedit.labels import Reading
+    from localedit.evaluation.labels import Reading
 
     v = torch.zeros(4)
     found = [("eyes", "region_contrast", {}, v), ("eyes", "region_contrast", {}, v), ("eyes", "region_variation", {}, v),

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from localedit.contrast import contrast_directions
-from localedit.hspace import encode
-from localedit.jacobian import exact_jacobian
-from localedit.jive import principal_angles
-from localedit.regions import Region
+from localedit.core.contrast import contrast_directions
+from localedit.core.hspace import encode
+from localedit.core.jacobian import exact_jacobian
+from localedit.core.jive import principal_angles
+from localedit.core.regions import Region
 
 
 def test_contrast_directions_match_the_exact_eigenvectors_of_the_summed_penalised_operator(tiny_model):

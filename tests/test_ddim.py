@@ -2,8 +2,8 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from localedit.ddim import EditSchedule, denoise, grid_timestep, invert, reconstruct, sample, timesteps
-from localedit.models import from_unet
+from localedit.core.ddim import EditSchedule, denoise, grid_timestep, invert, reconstruct, sample, timesteps
+from localedit.core.models import from_unet
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,10 @@ import pytest
 import torch
 from PIL import Image
 
-from localedit.ddim import Edit, EditSchedule, denoise
-from localedit import editing
-from localedit.editing import edit, edit_many, unit_direction, write_strip
-from localedit.hspace import h_shape
+from localedit.core import editing
+from localedit.core.ddim import Edit, EditSchedule, denoise
+from localedit.core.editing import edit, edit_many, unit_direction, write_strip
+from localedit.core.hspace import h_shape
 
 
 def test_zero_alpha_is_the_reconstruction_and_edits_grow_with_alpha(tiny_model):

@@ -8,13 +8,16 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from localedit.baselines import METHODS, REGION_FREE, Direction, method_directions
-from localedit.evaluation import Match, Scorer, apply_direction, compare, match_strength, prepare_images, score_edits
-from localedit.probe import factor_purity, region_factors
-from localedit.hspace import h_shape
-from localedit.metrics import random_backbone_lpips
-from localedit.regions import box
-from localedit.summary import METRICS_FILE, SUMMARY_FILE, bootstrap_median, save_results
+from localedit.bundled.probe import factor_purity, region_factors
+from localedit.core.hspace import h_shape
+from localedit.core.regions import box
+from localedit.evaluation.baselines import METHODS, REGION_FREE, Direction, method_directions
+from localedit.evaluation.compare import compare
+from localedit.evaluation.layout import METRICS_FILE, SUMMARY_FILE
+from localedit.evaluation.matching import Match, match_strength
+from localedit.evaluation.metrics import random_backbone_lpips
+from localedit.evaluation.scoring import Scorer, apply_direction, prepare_images, score_edits
+from localedit.evaluation.summary import bootstrap_median, save_results
 from tests.conftest import tiny_unet
 
 
@@ -165,7 +168,7 @@ def test_evaluation_flow_on_a_mined_run(prefect_api, tmp_path):
     """Mine a tiny run, then evaluate its catalogue and the baselines through the Prefect flow."""
     from flows.evaluate import evaluate_directions
     from flows.mine import mine_directions
-    from localedit.samples import write_samples
+    from localedit.bundled.samples import write_samples
 
     torch.set_num_threads(1)
     model_dir = tmp_path / "model"

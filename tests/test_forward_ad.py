@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from localedit.baselines import x_space_subspaces
-from localedit.hspace import encode
-from localedit.jacobian import MaskedJacobian
+from localedit.core.hspace import encode
+from localedit.core.jacobian import MaskedJacobian
+from localedit.evaluation.baselines import x_space_subspaces
 
 REPO = Path(__file__).resolve().parent.parent
-GUARD = REPO / "localedit" / "forward_ad.py"
+GUARD = REPO / "localedit" / "core" / "forward_ad.py"
 FORWARD_NAMES = {"jvp", "jacfwd", "linearize", "forward_ad", "hessian"}  # what enters forward-AD levels
 
 
@@ -40,7 +40,7 @@ def test_every_forward_mode_call_goes_through_the_guard():
         for path in sorted((REPO / folder).rglob("*.py")):
             if path != GUARD:
                 offenders += [f"{path.relative_to(REPO)}:{line}" for line in _forward_mode_uses(ast.parse(path.read_text()))]
-    assert not offenders, f"use localedit.forward_ad instead of torch's forward mode: {offenders}"
+    assert not offenders, f"use localedit.core.forward_ad instead of torch's forward mode: {offenders}"
 
 
 def test_the_scan_sees_direct_uses():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from localedit.hspace import decode, encode, h_shape, shift_h
+from localedit.core.hspace import decode, encode, h_shape, shift_h
 
 
 def test_decode_reproduces_unet_exactly(tiny_model):

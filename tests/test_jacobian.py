@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from localedit.hspace import encode
-from localedit.jacobian import MaskedJacobian, exact_jacobian, subspaces
+from localedit.core.hspace import encode
+from localedit.core.jacobian import MaskedJacobian, exact_jacobian, subspaces
 
 
 def _max_angle_deg(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from localedit.jive import JIVE, _random_direction_bound, principal_angles, signal_mask
+from localedit.core.jive import JIVE, _random_direction_bound, principal_angles, signal_mask
 
 D, RJ, RI = 256, 2, 3
 F64 = torch.float64

@@ -1,11 +1,11 @@
 import torch
 
-from localedit.ddim import denoise
-from localedit.editing import edit
-from localedit.hspace import h_shape
-from localedit.labels import PROBE_ALPHA, read_edits
-from localedit.metrics import total_change
-from localedit.pixels import to_unit
+from localedit.core.ddim import denoise
+from localedit.core.editing import edit
+from localedit.core.hspace import h_shape
+from localedit.evaluation.labels import PROBE_ALPHA, read_edits
+from localedit.evaluation.metrics import total_change
+from localedit.utils.pixels import to_unit
 
 
 def test_edits_are_read_at_matched_strength(tiny_model):

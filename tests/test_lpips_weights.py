@@ -9,9 +9,9 @@ import torch
 import torchvision
 from PIL import ImageFilter
 
-from localedit import lpips_weights as W
-from localedit.metrics import load_lpips
-from localedit.samples import load_samples
+from localedit.bundled.samples import load_samples
+from localedit.evaluation import lpips_weights as W
+from localedit.evaluation.metrics import load_lpips
 
 
 @pytest.fixture(scope="module")

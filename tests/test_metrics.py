@@ -4,8 +4,8 @@ import pytest
 import torch
 import torchvision
 
-from localedit import metrics as M
-from localedit.lpips_weights import HUB_FILE
+from localedit.evaluation import metrics as M
+from localedit.evaluation.lpips_weights import HUB_FILE
 
 
 def _box_mask(size=16, rows=(4, 8), cols=(2, 12)):

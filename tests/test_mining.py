@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from localedit.mining import split_subspaces
+from localedit.core.mining import split_subspaces
 
 
 def planted(d: int = 24):

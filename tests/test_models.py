@@ -7,8 +7,8 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.models.attention_processor import Attention, AttnProcessor
 
-import localedit.models as models
-from localedit.models import fingerprint, from_unet, load_model, save_model, select_device
+import localedit.core.models as models
+from localedit.core.models import fingerprint, from_unet, load_model, save_model, select_device
 from tests.conftest import tiny_unet
 
 CASES = Path(__file__).resolve().parent / "cases"  # copies of ../shared/cases: CI has no shared folder
@@ -111,7 +111,7 @@ def test_fingerprint_covers_the_scheduler(saved, tmp_path):
 
 
 def test_every_parameterisation_inverts_to_finite_latents_or_is_refused(saved, tmp_path):
-    from localedit.ddim import invert
+    from localedit.core.ddim import invert
 
     folder = _folder_without_scheduler(saved, tmp_path)
     image = torch.rand(1, 3, 16, 16) * 2 - 1

@@ -21,8 +21,8 @@ def test_a_wheel_installs_the_bundled_data_and_finds_it(tmp_path):
                    check=True, capture_output=True)
     assert script.exists() == had_script  # the test environment's install is untouched
     [site] = prefix.glob("lib/python*/site-packages")
-    probe = ("import localedit, localedit.paths as p; from localedit.models import load_model; "
-             "from localedit.samples import load_samples; "
+    probe = ("import localedit, localedit.utils.paths as p; from localedit.core.models import load_model; "
+             "from localedit.bundled.samples import load_samples; "
              "print(localedit.__file__); print(p.DATA_DIR); print(load_model().resolution, len(load_samples('heldout')[0]))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, check=True, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}).stdout.splitlines()

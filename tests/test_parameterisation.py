@@ -2,10 +2,10 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from localedit.hspace import decode, encode
-from localedit.jacobian import exact_jacobian
-from localedit.models import from_unet
-from localedit.parameterisation import PREDICTION_TYPES, noise_gain, to_x0, training_target
+from localedit.core.hspace import decode, encode
+from localedit.core.jacobian import exact_jacobian
+from localedit.core.models import from_unet
+from localedit.core.parameterisation import PREDICTION_TYPES, noise_gain, to_x0, training_target
 from tests.conftest import tiny_unet
 
 

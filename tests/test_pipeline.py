@@ -28,10 +28,10 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.local_server import loopback_server
 from flows.mine import mine_directions, run_mining
-from localedit import catalogue
 from localedit.cli import main
-from localedit.models import from_unet, load_model, save_model
-from localedit.store import STORE_NAME, RunStore
+from localedit.core.models import from_unet, load_model, save_model
+from localedit.store import catalogue
+from localedit.store.runs import STORE_NAME, RunStore
 from tests.conftest import tiny_unet
 
 REPO = Path(__file__).resolve().parent.parent

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from localedit.probe import FactorProbe, factor_change, frechet_distance, load_probe, train_probe
-from localedit.samples import load_samples
-from localedit.synthetic import FACTORS, GENERATOR_VERSION, render, sample_faces
+from localedit.bundled.probe import FactorProbe, factor_change, frechet_distance, load_probe, train_probe
+from localedit.bundled.samples import load_samples
+from localedit.bundled.synthetic import FACTORS, GENERATOR_VERSION, render, sample_faces
 
 KEY_FACTORS = ["eye_openness", "mouth_curvature", "hair_color", "lighting"]
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from localedit.regions import (
+from localedit.bundled.synthetic import GENERATOR_VERSION
+from localedit.core.regions import (
     PRESETS,
     Region,
     RegionOverlapWarning,
@@ -17,7 +18,6 @@ from localedit.regions import (
     resolve_regions,
     validate_regions,
 )
-from localedit.synthetic import GENERATOR_VERSION
 
 
 def _save_mask(path, array):

@@ -6,12 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from localedit.baselines import METHODS, REGION_FREE
 from localedit.cli import main
-from localedit.editing import write_strip
-from localedit.evaluation import strip_path
-from localedit.report import LABELS, METHOD_COLUMNS, REPORT_FILE, text_table, write_report
-from localedit.summary import save_results
+from localedit.core.editing import write_strip
+from localedit.evaluation.baselines import METHODS, REGION_FREE
+from localedit.evaluation.layout import REPORT_FILE, strip_path
+from localedit.evaluation.report import LABELS, METHOD_COLUMNS, text_table, write_report
+from localedit.evaluation.summary import save_results
 from tests import browser
 
 

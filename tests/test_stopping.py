@@ -17,9 +17,9 @@ import psutil
 import pytest
 import torch
 
-from localedit import catalogue
-from localedit.models import from_unet, save_model
-from localedit.store import RunStore
+from localedit.core.models import from_unet, save_model
+from localedit.store import catalogue
+from localedit.store.runs import RunStore
 from tests.conftest import tiny_unet
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,10 +8,10 @@ import pytest
 import torch
 import xarray as xr
 
-from localedit.jacobian import Subspace
-from localedit.jive import JIVE
-from localedit.mining import Split
-from localedit.store import STORE_NAME, RunConfig, RunStore, run_lock
+from localedit.core.jacobian import Subspace
+from localedit.core.jive import JIVE
+from localedit.core.mining import Split
+from localedit.store.runs import STORE_NAME, RunConfig, RunStore, run_lock
 
 
 def small_config(n: int = 3, k: int = 2, **changes) -> RunConfig:
@@ -193,7 +193,7 @@ def test_a_crash_while_creating_leaves_nothing(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("localedit.store.os.rename", crash)
+    monkeypatch.setattr("localedit.store.runs.os.rename", crash)
     with pytest.raises(OSError, match="disk full"):
         RunStore.create(tmp_path / "run", config, box_masks(config))
     assert list((tmp_path / "run").iterdir()) == []

@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from localedit.regions import load_presets, resolve_regions
-from localedit.samples import load_image, load_samples, write_samples
-from localedit.synthetic import CLOSED_EYE, FACTOR_SCOPE, FACTORS, render, sample_factors, sample_faces
+from localedit.bundled.samples import load_image, load_samples, write_samples
+from localedit.bundled.synthetic import CLOSED_EYE, FACTOR_SCOPE, FACTORS, render, sample_faces, sample_factors
+from localedit.core.regions import load_presets, resolve_regions
 
 SIZE = 32
 # Head-position jitter: a nuisance variable of the generator, deliberately not an editable factor.

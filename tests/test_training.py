@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-import localedit.training as training
-from localedit.models import load_model
-from localedit.training import TrainConfig, learning_rate, load_loss_log, train
+import localedit.bundled.training as training
+from localedit.bundled.training import TrainConfig, learning_rate, load_loss_log, train
+from localedit.core.models import load_model
 
 TINY = dict(resolution=16, block_out_channels=(8, 16), steps=6, batch_size=4, checkpoint_every=3, bf16=False,
             warmup_steps=2)

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from localedit.jive import principal_angles
-from localedit.labels import closest_reference
-from localedit.references import TWINS, regions_of, twin_direction
-from localedit.regions import Region
-from localedit.variation import RegionVariation, h_cells
+from localedit.bundled.references import TWINS, regions_of, twin_direction
+from localedit.core.jive import principal_angles
+from localedit.core.regions import Region
+from localedit.core.variation import RegionVariation, h_cells
+from localedit.evaluation.labels import closest_reference
 
 SHAPE = (4, 8, 8)  # (C, h, w) bottleneck of a 32-px image
 SIZE = 32

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def _data_dir() -> Path:
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # localedit/, above this utils/ subpackage
     checkout = package.parent / "data"
     if checkout.is_dir():
         return checkout

@@ -12,11 +12,11 @@ from typing import Sequence
 import torch
 from PIL import Image, ImageDraw
 
-from localedit.atomic import write_atomic
-from localedit.ddim import DEFAULT_STEPS, Edit, EditSchedule, denoise, invert
-from localedit.hspace import h_shape
-from localedit.models import DiffusionModel
-from localedit.pixels import to_signed, to_unit
+from localedit.core.ddim import DEFAULT_STEPS, Edit, EditSchedule, denoise, invert
+from localedit.core.hspace import h_shape
+from localedit.core.models import DiffusionModel
+from localedit.utils.atomic import write_atomic
+from localedit.utils.pixels import to_signed, to_unit
 
 
 def unit_direction(direction: torch.Tensor, model: DiffusionModel) -> torch.Tensor:

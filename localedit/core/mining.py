@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
-from localedit.ddim import DEFAULT_STEPS, denoise, grid_timestep, invert
-from localedit.hspace import encode
-from localedit.jacobian import Subspace, subspaces
-from localedit.jive import JIVE, directions_outside, scaled_rows
-from localedit.models import DiffusionModel
-from localedit.pixels import to_signed
-from localedit.regions import Region, complement
+from localedit.core.ddim import DEFAULT_STEPS, denoise, grid_timestep, invert
+from localedit.core.hspace import encode
+from localedit.core.jacobian import Subspace, subspaces
+from localedit.core.jive import JIVE, directions_outside, scaled_rows
+from localedit.core.models import DiffusionModel
+from localedit.core.regions import Region, complement
+from localedit.utils.pixels import to_signed
 
 DEFAULT_T = 500
 DEFAULT_K = 8

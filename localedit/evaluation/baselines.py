@@ -6,7 +6,7 @@ Jacobians. Baselines people would otherwise use: the unmasked Jacobian's top dir
 JIVE (Haas et al. local), LOCO-Edit-style x-space directions (Chen et al. 2024: masked
 Jacobian of the predicted x0 w.r.t. x_t, projected off the complement region's Jacobian
 subspace, added to x_t at one step), and a random h direction. Our extension (the library's
-default, ``localedit.mining.split_subspaces`` with complements) adds each region's complement
+default, ``localedit.core.mining.split_subspaces`` with complements) adds each region's complement
 as one more JIVE block, so individual directions are also free of what the region shares with
 the rest of the image.
 
@@ -22,11 +22,19 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import vjp, vmap
 
-from localedit.ddim import DEFAULT_STEPS
-from localedit.forward_ad import jvp
-from localedit.mining import DEFAULT_K, DEFAULT_T, Latent, complements_of, latent_at, region_subspaces, split_subspaces
-from localedit.models import DiffusionModel, predicted_x0
-from localedit.regions import Region
+from localedit.core.ddim import DEFAULT_STEPS
+from localedit.core.forward_ad import jvp
+from localedit.core.mining import (
+    DEFAULT_K,
+    DEFAULT_T,
+    Latent,
+    complements_of,
+    latent_at,
+    region_subspaces,
+    split_subspaces,
+)
+from localedit.core.models import DiffusionModel, predicted_x0
+from localedit.core.regions import Region
 
 METHODS = ("jive_individual", "jive_joint", "global", "masked", "loco_xspace", "random", "jive_complement",
            "region_variation", "region_contrast", "joint_variation")

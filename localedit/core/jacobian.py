@@ -21,10 +21,10 @@ import torch
 from torch.func import vjp, vmap
 from tqdm.auto import tqdm
 
-from localedit.forward_ad import jvp
-from localedit.hspace import HState, decode
-from localedit.models import DiffusionModel, prediction_type
-from localedit.parameterisation import noise_gain
+from localedit.core.forward_ad import jvp
+from localedit.core.hspace import HState, decode
+from localedit.core.models import DiffusionModel, prediction_type
+from localedit.core.parameterisation import noise_gain
 
 
 @dataclass

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 import zarr
 
-from localedit.jacobian import Subspace
-from localedit.mining import Split, complement_name, complements_of
-from localedit.regions import Region
+from localedit.core.jacobian import Subspace
+from localedit.core.mining import Split, complement_name, complements_of
+from localedit.core.regions import Region
 
 STORE_NAME = "store.zarr"
 LOCK_NAME = ".localedit-run.lock"
@@ -52,7 +52,7 @@ class RunConfig:
     ``image_sources`` holds a file path per image, or None for an image sampled from the model
     (its x_T is drawn from ``seed`` when the store is created). With ``complements``, each
     region's complement gets a subspace too (``blocks``), used by JIVE to keep individual
-    directions local (see ``localedit.mining``).
+    directions local (see ``localedit.core.mining``).
     """
 
     model_source: str

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from localedit.imagefile import load_mask
-from localedit.paths import DATA_DIR
+from localedit.utils.imagefile import load_mask
+from localedit.utils.paths import DATA_DIR
 
 PRESETS = DATA_DIR / "regions.json"
 

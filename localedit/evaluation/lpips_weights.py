@@ -15,7 +15,7 @@ sources are tried, in this order:
    ``ArraysOnly``, an unpickler that admits numpy arrays, dtypes and dicts and nothing else, so
    a tampered file cannot run code; its sha256 is pinned as well. Its linear heads are
    bit-identical to lpips' own ``weights/v0.1/alex.pth``, i.e. it is a faithful port of LPIPS v0.1,
-   and ``localedit.metrics.load_lpips`` checks that again on every load.
+   and ``localedit.evaluation.metrics.load_lpips`` checks that again on every load.
 
 Either way the backbone comes out in torchvision's layout: ``features.{0,3,6,8,10}.{weight, bias}``,
 conv weights (out, in, h, w).

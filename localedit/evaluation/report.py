@@ -22,13 +22,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402
 
-from localedit.atomic import write_atomic
-from localedit.baselines import METHODS  # noqa: E402
-from localedit.evaluation import STRIPS_DIR, strip_path  # noqa: E402
-from localedit.references import REFERENCE_PREFIX  # noqa: E402
-from localedit.summary import METRICS_FILE, SUMMARY_FILE  # noqa: E402
+from localedit.bundled.references import REFERENCE_PREFIX  # noqa: E402
+from localedit.evaluation.baselines import METHODS  # noqa: E402
+from localedit.evaluation.layout import METRICS_FILE, REPORT_FILE, STRIPS_DIR, SUMMARY_FILE, strip_path  # noqa: E402
+from localedit.utils.atomic import write_atomic
 
-REPORT_FILE = "report.html"
 LABELS = {
     "jive_individual": "JIVE individual (paper)", "jive_joint": "JIVE joint (paper)",
     "jive_complement": "JIVE + complements (ours)", "global": "global h (unmasked J)",

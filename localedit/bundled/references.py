@@ -1,6 +1,6 @@
 """Supervised reference directions: what a clean local edit of each generator factor looks like in h-space.
 
-We own the generator of the bundled model's training faces (``localedit.synthetic``), so for
+We own the generator of the bundled model's training faces (``localedit.bundled.synthetic``), so for
 every factor that acts on one region we can draw *twins*: faces identical except for that
 factor, set to two values. DDIM-invert both twins, denoise to the editing timestep t, and
 average the difference of their bottleneck features over many twin pairs: a unit h-space
@@ -12,7 +12,7 @@ evaluation, named ``reference_<factor>``).
 References are computed once per (model fingerprint, t, DDIM steps) and cached as safetensors
 under ``$LOCALEDIT_CACHE`` (default ``~/.cache/localedit``). A model folder may carry them too
 (the bundled model ships the default run's, so a fresh clone need not spend ~2 CPU minutes on
-them); regenerate those with ``python -m localedit.references``.
+them); regenerate those with ``python -m localedit.bundled.references``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from localedit.atomic import write_atomic
-from localedit.ddim import DEFAULT_STEPS, denoise, grid_timestep, invert
-from localedit.hspace import encode
-from localedit.models import DiffusionModel
-from localedit.pixels import to_signed
-from localedit.synthetic import GENERATOR_VERSION, render, sample_factors
+from localedit.bundled.synthetic import GENERATOR_VERSION, render, sample_factors
+from localedit.core.ddim import DEFAULT_STEPS, denoise, grid_timestep, invert
+from localedit.core.hspace import encode
+from localedit.core.models import DiffusionModel
+from localedit.utils.atomic import write_atomic
+from localedit.utils.pixels import to_signed
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def reference_directions(model: DiffusionModel, t: int, num_steps: int = DEFAULT
     """Factor -> unit reference direction (d,) at the grid timestep nearest t; cached per model.
 
     Read from the model's folder or ``cache`` (default ``cache_dir()``) when there, else computed
-    and written to ``cache``. Only meaningful for models trained on ``localedit.synthetic`` faces
+    and written to ``cache``. Only meaningful for models trained on ``localedit.bundled.synthetic`` faces
     (the bundled one): on any other model the twins are out of distribution.
     """
     t = grid_timestep(model, t, num_steps)
@@ -127,8 +127,8 @@ def reference_directions(model: DiffusionModel, t: int, num_steps: int = DEFAULT
 
 def main() -> None:
     """Write the default run's references into the bundled model's folder (after retraining it)."""
-    from localedit.mining import DEFAULT_T
-    from localedit.models import BUNDLED_MODEL_DIR, load_model
+    from localedit.core.mining import DEFAULT_T
+    from localedit.core.models import BUNDLED_MODEL_DIR, load_model
 
     model = load_model("bundled")
     reference_directions(model, DEFAULT_T, cache=BUNDLED_MODEL_DIR)

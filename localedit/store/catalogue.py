@@ -3,12 +3,12 @@
 ``catalogue.parquet`` lies next to ``store.zarr`` in the run directory; row ``i`` points at
 row ``vector`` of the store's ``directions`` array. Per region, the individual (local)
 directions of all images are aggregated into consensus directions (see
-``localedit.aggregate``); the joint (global) directions likewise, under the region name
+``localedit.core.aggregate``); the joint (global) directions likewise, under the region name
 ``"eyes+mouth"`` (the regions joined by "+"), whose mask is their union. The parquet file is
 written last and atomically, so it exists only for a complete catalogue.
 
 Given the run's model, each region gets three families of local directions: region variation
-(``localedit.variation``, ours), region contrast (``localedit.contrast``, ours) and the JIVE
+(``localedit.core.variation``, ours), region contrast (``localedit.core.contrast``, ours) and the JIVE
 individual consensus (the paper's, with complements by default). All are edited at +-alpha on a
 few of the run's images; the family whose top direction edited its region best there (locality
 times, with the factor probe, the share of change on the region's own factors) takes the ids
@@ -18,11 +18,11 @@ factor probe ``label`` (the factor moved most), ``label_share`` and ``edit_purit
 the region's factors; a joint row's: on the global factors); with reference directions,
 ``reference`` (the closest supervised reference of the region) and ``reference_cos``. Joint
 (global) rows come in two families too, the paper's JIVE joint consensus (``joint/jive/r``) and
-the joint variation (``localedit.variation``, ours: ``joint/variation/r``); the one whose top
+the joint variation (``localedit.core.variation``, ours: ``joint/variation/r``); the one whose top
 direction moved the generator's global factors most (with the factor probe; else JIVE's) is
 listed as ``joint/r``. Without a model only the JIVE rows exist, as ``individual`` and ``joint``.
 
-    cat = localedit.catalogue.open("out/run")
+    cat = localedit.store.catalogue.open("out/run")
     cat.frame.query("region == 'eyes' and kind == 'individual'")
     v = cat.vector("eyes/individual/0")
 """
@@ -36,17 +36,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from localedit.atomic import write_atomic
-from localedit.aggregate import consensus
-from localedit.contrast import contrast_directions
-from localedit.hspace import encode
-from localedit.labels import Reading, closest_reference, read_edits
-from localedit.models import DiffusionModel
-from localedit.probe import FactorProbe
-from localedit.references import regions_of
-from localedit.regions import Region
-from localedit.store import RunStore
-from localedit.variation import RegionVariation
+from localedit.bundled.probe import FactorProbe
+from localedit.bundled.references import regions_of
+from localedit.core.aggregate import consensus
+from localedit.core.contrast import contrast_directions
+from localedit.core.hspace import encode
+from localedit.core.models import DiffusionModel
+from localedit.core.regions import Region
+from localedit.core.variation import RegionVariation
+from localedit.evaluation.labels import Reading, closest_reference, read_edits
+from localedit.store.runs import RunStore
+from localedit.utils.atomic import write_atomic
 
 CATALOGUE_NAME = "catalogue.parquet"
 DEFAULT_THRESHOLD = 0.5

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from localedit.ddim import DEFAULT_STEPS, EditSchedule, denoise
-from localedit.editing import ALPHA_RANGE, edit_many
-from localedit.metrics import TARGET_CHANGE, locality, total_change
-from localedit.models import DiffusionModel
-from localedit.pixels import to_unit
-from localedit.probe import FactorProbe, factor_change, factor_purity, region_factors
+from localedit.bundled.probe import FactorProbe, factor_change, factor_purity, region_factors
+from localedit.core.ddim import DEFAULT_STEPS, EditSchedule, denoise
+from localedit.core.editing import ALPHA_RANGE, edit_many
+from localedit.core.models import DiffusionModel
+from localedit.evaluation.metrics import TARGET_CHANGE, locality, total_change
+from localedit.utils.pixels import to_unit
 
 PROBE_ALPHA = 0.1  # relative to ||h||: the first, probing edit, from which the matched strength is extrapolated
 

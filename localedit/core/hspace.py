@@ -2,7 +2,7 @@
 
 ``encode`` runs the down path and mid block once and caches what the up path needs (skip
 features, time embedding); ``decode(h)`` then maps any h to the U-Net's output (the noise
-prediction, or what ``localedit.parameterisation`` converts to it). The
+prediction, or what ``localedit.core.parameterisation`` converts to it). The
 Jacobian engine differentiates ``decode`` alone, so the down path is never re-run, and
 ``shift_h`` adds an edit to h inside an ordinary forward pass.
 """

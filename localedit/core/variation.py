@@ -45,11 +45,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from localedit.aggregate import fix_signs
-from localedit.ddim import DEFAULT_STEPS, denoise
-from localedit.hspace import encode
-from localedit.models import DiffusionModel
-from localedit.regions import Region
+from localedit.core.aggregate import fix_signs
+from localedit.core.ddim import DEFAULT_STEPS, denoise
+from localedit.core.hspace import encode
+from localedit.core.models import DiffusionModel
+from localedit.core.regions import Region
 
 DEFAULT_COMPLEMENT_RANK = 8
 DEFAULT_DIRECTIONS = 8

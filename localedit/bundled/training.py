@@ -20,10 +20,10 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
-from localedit.atomic import write_atomic
-from localedit.parameterisation import check_prediction_type, training_target
-from localedit.pixels import to_signed
-from localedit.synthetic import GENERATOR_VERSION, sample_faces
+from localedit.bundled.synthetic import GENERATOR_VERSION, sample_faces
+from localedit.core.parameterisation import check_prediction_type, training_target
+from localedit.utils.atomic import write_atomic
+from localedit.utils.pixels import to_signed
 
 CHECKPOINT = "checkpoint.pt"
 LOSS_LOG = "loss_log.jsonl"

@@ -14,7 +14,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from localedit.atomic import write_atomic
+from localedit.evaluation.layout import METRICS_FILE, SUMMARY_FILE
+from localedit.utils.atomic import write_atomic
 
 SUMMARY_METRICS = ("locality", "outside_psnr", "outside_ssim", "inside_strength", "lpips", "lpips_outside",
                    "factor_purity", "global_purity", "total_change", "locality_best_sign", "factor_purity_best_sign")
@@ -102,8 +103,6 @@ def comparison_json(summary: pd.DataFrame, lpips_note: str, expected: Sequence[s
     return {"methods": methods}
 
 
-METRICS_FILE = "metrics.parquet"
-SUMMARY_FILE = "evaluation.json"
 
 
 def save_results(out_dir: str | Path, rows: pd.DataFrame, settings: dict, methods: Sequence[str] = ()) -> dict:

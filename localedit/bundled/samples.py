@@ -5,7 +5,7 @@ can miss closed eyes or an end of the expression range, and then an edit that op
 turns a frown into a smile could not be evaluated on that split. Each split gets equal
 shares of (closed | open eyes) x (six expression bins over [-1, 1]).
 
-Regenerate with ``python -m localedit.samples``.
+Regenerate with ``python -m localedit.bundled.samples``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from localedit.imagefile import load_image  # noqa: F401  (the reader, also imported from here)
-from localedit.paths import DATA_DIR
-from localedit.synthetic import CLOSED_EYE, render, sample_factors
+from localedit.bundled.synthetic import CLOSED_EYE, render, sample_factors
+from localedit.utils.imagefile import load_image  # noqa: F401  (the reader, also imported from here)
+from localedit.utils.paths import DATA_DIR
 
 SAMPLES_DIR = DATA_DIR / "samples"
 SPLITS = ("mine", "heldout")

@@ -13,8 +13,8 @@ import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 from tqdm.auto import tqdm
 
-from localedit.hspace import shift_h
-from localedit.models import DiffusionModel, prediction_type
+from localedit.core.hspace import shift_h
+from localedit.core.models import DiffusionModel, prediction_type
 
 DEFAULT_STEPS = 50
 

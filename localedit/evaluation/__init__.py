@@ -1,0 +1,3 @@
+"""Scoring directions and models: baselines, metrics (locality, PSNR/SSIM, LPIPS), strength matching, the method
+comparison, summaries, the HTML report and the bundled model's card.
+"""

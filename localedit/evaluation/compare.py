@@ -1,0 +1,132 @@
+"""The method comparison: mine every method on source images, score it there and on held-out images.
+
+Orchestration only: scoring is ``localedit.evaluation.scoring``, strength matching
+``localedit.evaluation.matching``, the result files ``localedit.evaluation.layout``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from localedit.bundled.probe import FactorProbe, load_probe
+from localedit.bundled.references import REFERENCE_PREFIX, TWINS, reference_directions, trained_on_generator
+from localedit.bundled.samples import SAMPLES_DIR, load_samples
+from localedit.bundled.synthetic import CLOSED_EYE
+from localedit.core.ddim import DEFAULT_STEPS, invert
+from localedit.core.mining import DEFAULT_K, DEFAULT_T
+from localedit.core.models import DiffusionModel
+from localedit.core.regions import Region, resolve_regions
+from localedit.core.variation import fit_region_variation
+from localedit.evaluation.baselines import METHODS, Direction, method_directions
+from localedit.evaluation.layout import strip_path
+from localedit.evaluation.metrics import TARGET_CHANGE, Perceptual
+from localedit.evaluation.scoring import ImageSet, Scorer, evaluate_direction, prepare_images
+from localedit.evaluation.summary import save_results
+from localedit.utils.pixels import to_signed
+
+
+def supervised_references(model: DiffusionModel, t: int, num_steps: int = DEFAULT_STEPS) -> list[Direction]:
+    """Reference rows ``reference_<factor>`` (supervised twins, not a method): none unless the model was
+    trained on the bundled generator's faces."""
+    if not trained_on_generator(model):
+        return []
+    found = reference_directions(model, t, num_steps)
+    return [Direction(f"{REFERENCE_PREFIX}{twin.factor}", f"{REFERENCE_PREFIX}{twin.factor}", twin.region, "h",
+                      found[twin.factor], t, None, {"supervised": True}) for twin in TWINS]
+
+
+def variation_directions(model: DiffusionModel, x_T: torch.Tensor, regions: Sequence[Region], t: int,
+                         num_steps: int = DEFAULT_STEPS) -> list[Direction]:
+    """The top region-variation direction of each region, and the top joint-variation direction, over the images
+    with latents ``x_T`` (n, C, H, W)."""
+    fit = fit_region_variation(model, x_T, regions, t, num_steps)
+    found = [Direction(f"region_variation:{r.name}", "region_variation", r.name, "h", basis[:, 0], t)
+             for r, basis in zip(regions, fit.directions_) if basis.shape[1]]
+    return found + [Direction("joint_variation", "joint_variation", None, "h", fit.joint_directions_[:, 0], t)]
+
+
+def compare(model: DiffusionModel, source: ImageSet, heldout: ImageSet, scorer: Scorer, t: int = DEFAULT_T,
+            k: int = DEFAULT_K, out_dir: str | Path | None = None, strip_images: int = 3, jive: dict | None = None,
+            progress: bool = False, shared: Sequence[Direction] = ()) -> tuple[pd.DataFrame, list[Direction]]:
+    """Mine every method on each source image; score it there ("source") and on held-out images ("transfer").
+
+    Held-out image j gets the directions of source image j mod M, so every method is scored on
+    every held-out image exactly once whatever M is. The first source's directions also get a
+    sweep over alpha on a few of its held-out images, and a strip under ``out_dir`` when given.
+    ``shared`` directions (found on many images at once: region variation, references) are
+    matched on every source image and scored on every held-out image.
+    """
+    regions = list(scorer.regions.values())
+    rows, found = [], list(shared)
+    everything = list(range(len(heldout.keys)))
+    for d in shared:
+        rows.append(evaluate_direction(
+            model, d, scorer, (source, list(range(len(source.keys)))), [(heldout, everything)],
+            sweep_on=(heldout, everything[:strip_images]) if strip_images else None,
+            strip=strip_path(out_dir, d.id) if strip_images and out_dir is not None else None))
+    for i, key in enumerate(tqdm(source.keys, desc="source images", disable=not progress)):
+        directions, _ = method_directions(model, None, regions, key, t, k, source.num_steps, seed=i,
+                                          x_T=source.x_T[i : i + 1].to(model.device), jive=jive)
+        transfer = list(range(i, len(heldout.keys), len(source.keys)))
+        showcase = i == 0 and strip_images > 0
+        for d in tqdm(directions, desc=key, leave=False, disable=not progress):
+            rows.append(evaluate_direction(
+                model, d, scorer, (source, [i]), [(heldout, transfer)],
+                sweep_on=(heldout, transfer[:strip_images]) if showcase else None,
+                strip=strip_path(out_dir, d.id) if showcase and out_dir is not None else None))
+        found += directions
+    return pd.concat(rows, ignore_index=True), found
+
+
+def load_probe_or_note(path: str | Path | None = None) -> tuple[FactorProbe | None, str]:
+    """The factor probe, or None and why (factor purity is then reported as missing)."""
+    try:
+        return load_probe(path), ""
+    except FileNotFoundError as err:
+        return None, f"factor probe unavailable ({err}); factor purity is not measured"
+
+
+def _both_eye_states(factors: pd.DataFrame, n: int) -> list[int]:
+    """n row indices alternating closed and open eyes, so both signs of an eye edit get exercised."""
+    closed = factors.index[factors["eye_openness"] < CLOSED_EYE].tolist()
+    opened = factors.index[factors["eye_openness"] >= CLOSED_EYE].tolist()
+    mixed = [i for pair in zip(opened, closed) for i in pair] + opened[len(closed):] + closed[len(opened):]
+    return mixed[:n]
+
+
+def run_comparison(model: DiffusionModel, out_dir: str | Path, regions: str = "eyes,mouth", n_source: int = 4,
+                   n_heldout: int = 16, target: float = TARGET_CHANGE, t: int = DEFAULT_T, k: int = DEFAULT_K,
+                   num_steps: int = DEFAULT_STEPS, perceptual: Perceptual | None = None,
+                   probe: FactorProbe | None = None, notes: dict | None = None, samples: str | Path = SAMPLES_DIR,
+                   jive: dict | None = None, progress: bool = False) -> dict:
+    """The method comparison on the bundled samples: mine on the mining split, transfer to held-out images.
+
+    Writes metrics.parquet, evaluation.json and strips/ to ``out_dir``; returns evaluation.json's content.
+    """
+    start = time.perf_counter()
+    region_list = resolve_regions(regions, model.resolution)
+    mine, mine_factors = load_samples("mine", samples)
+    held, held_factors = load_samples("heldout", samples)
+    if len(held) < n_heldout or len(mine) < n_source:
+        raise ValueError(f"asked for {n_source} mining and {n_heldout} held-out images; "
+                         f"the samples have {len(mine)} and {len(held)}")
+    pick = _both_eye_states(mine_factors, n_source)
+    mine_x_T = invert(model, to_signed(mine.to(model.device)), num_steps)  # every mining image: region variation's data
+    source = prepare_images(model, mine[pick], mine_factors["file"][pick].tolist(), "source", num_steps,
+                            x_T=mine_x_T[pick])
+    heldout = prepare_images(model, held[:n_heldout], held_factors["file"][:n_heldout].tolist(), "transfer", num_steps)
+    scorer = Scorer({r.name: r for r in region_list}, perceptual, probe, target=target)
+    shared = [*variation_directions(model, mine_x_T, region_list, t, num_steps),
+              *supervised_references(model, t, num_steps)]
+    rows, _ = compare(model, source, heldout, scorer, t, k, out_dir, jive=jive, progress=progress, shared=shared)
+    settings = {"model_source": model.source, "model_fingerprint": model.fingerprint, "regions": regions,
+                "chance_locality": {r.name: round(r.fraction, 3) for r in region_list},
+                "source_images": n_source, "heldout_images": n_heldout, "target_change": target, "t": t, "k": k,
+                "num_steps": num_steps, "jive": jive or {}, "seconds": round(time.perf_counter() - start, 1), **(notes or {})}
+    return save_results(out_dir, rows, settings, [*METHODS, *(d.method for d in shared if d.method.startswith(REFERENCE_PREFIX))])

@@ -1,0 +1,1 @@
+"""Persistence: the per-run Zarr store of subspaces and JIVE bases, and the direction catalogue built from it."""
