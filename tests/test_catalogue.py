@@ -184,3 +184,23 @@ def test_a_local_but_impure_family_loses_the_individual_ids_to_a_pure_one():
                                                "mouth/individual/0", "mouth/variation/0", "joint/jive/0", "joint/0"]
     unread = [None] * len(found)  # no model readings: the first family found keeps the ids (JIVE's joint)
     assert catalogue._ids(found, ranks, unread)[-2:] == ["joint/0", "joint/variation/0"]
+
+
+def test_joint_directions_are_ranked_by_their_global_share_when_the_probe_read_them():
+    """A joint family's read directions are reordered by the probe's global-factor share (rank 0: the most global);
+    unread ones keep their place after them; local families and a family without a probe reading keep their order."""
+    from localedit.evaluation.labels import Reading
+
+    v = torch.zeros(4)
+    nan = float("nan")
+    found = [("eyes", "region_variation", {}, v), ("eyes", "region_variation", {}, v)]
+    found += [("eyes+mouth", "joint_variation", {}, v)] * 4 + [("eyes+mouth", "jive_joint", {}, v)] * 2
+    ranks = catalogue._family_ranks(found)
+    readings = [Reading("eye_openness", 0.8, 0.9, 0.2, 0.1), Reading("iris_color", 0.8, 0.9, 0.9, 0.1),
+                Reading("hair_color", 0.4, 0.3, 0.24, 0.1), Reading("face_width", 0.5, 0.3, 0.79, 0.1),
+                Reading("lighting", 0.3, 0.3, 0.5, 0.1), None,
+                Reading("", nan, 0.3, nan, 0.1), Reading("", nan, 0.3, nan, 0.1)]
+    assert catalogue._rank_joint_by_reading(found, ranks, readings) == [0, 1, 2, 0, 1, 3, 0, 1]
+    # the reordered family's new rank 0 (global share 0.79) beats JIVE's unread joint family for the joint/r ids
+    assert catalogue._ids(found, catalogue._rank_joint_by_reading(found, ranks, readings), readings)[2:] == [
+        "joint/2", "joint/0", "joint/1", "joint/3", "joint/jive/0", "joint/jive/1"]

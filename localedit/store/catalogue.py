@@ -20,7 +20,8 @@ the region's factors; a joint row's: on the global factors); with reference dire
 (global) rows come in two families too, the paper's JIVE joint consensus (``joint/jive/r``) and
 the joint variation (``localedit.core.variation``, ours: ``joint/variation/r``); the one whose top
 direction moved the generator's global factors most (with the factor probe; else JIVE's) is
-listed as ``joint/r``. Without a model only the JIVE rows exist, as ``individual`` and ``joint``.
+listed as ``joint/r``. With the probe, a joint family's directions are ranked by that share (read
+on the run's images), not by variance: the most global edit is ``joint/0``. Without a model only the JIVE rows exist, as ``individual`` and ``joint``.
 
     cat = localedit.store.catalogue.open("out/run")
     cat.frame.query("region == 'eyes' and kind == 'individual'")
@@ -64,7 +65,11 @@ COLUMNS = ["id", "region", "kind", "method", "rank", "singular_value", "consiste
            "vector", "t", "label", "label_share", "edit_locality", "edit_purity", "edit_alpha", "reference",
            "reference_cos", "model_fingerprint", "run_id", "created_at"]
 LABEL_IMAGES = 4  # run images edited to read each direction (two were too few: the reading then disagreed with held-out faces)
-LABEL_RANKS = 2  # directions of each family read (label, locality, purity); lower ranks are left unread
+LABEL_RANKS = 2  # directions of each local family read (label, locality, purity); lower ranks are left unread
+# Joint directions read, each family's strongest first: with the probe they are then ordered by their share on the
+# global factors (``_rank_joint_by_reading``). Variance order put hair colour and skin tone first on the bundled
+# model (global share 0.24-0.28 on held-out faces for joint-variation axes 0, 2, 3), a face-width axis fifth (0.79).
+JOINT_READ_RANKS = 8
 CONTRAST_IMAGES = 4  # run images whose Jacobians region contrast sums over
 
 
@@ -136,6 +141,21 @@ def _family_ranks(found: list[Row]) -> list[int]:
     return ranks
 
 
+def _rank_joint_by_reading(found: list[Row], ranks: list[int], readings: list[Reading | None]) -> list[int]:
+    """Ranks with each joint family's read directions reordered by their share of change on the generator's global
+    factors (the probe's reading on the run's images), highest first: rank 0 is then the family's most global edit,
+    not its largest variance (ours; a supervised reading, as the family choice is). Unread directions, local
+    families and families without a probe reading keep their order."""
+    new = list(ranks)
+    for method in JOINT_METHODS:
+        rows = [i for i, (_, m, _, _) in enumerate(found) if m == method and readings[i] is not None]
+        if rows and not any(math.isnan(readings[i].purity) for i in rows):
+            by_purity = sorted(rows, key=lambda i: (-readings[i].purity, ranks[i]))
+            for i, rank in zip(by_purity, sorted(ranks[i] for i in rows)):
+                new[i] = rank
+    return new
+
+
 def _ids(found: list[Row], ranks: list[int], readings: list[Reading | None]) -> list[str]:
     """Row ids ``<region>/<family>/<rank>`` and ``joint/<family>/<rank>`` (``ranks``: ``_family_ranks``). Per
     region, the local family whose top direction scored best on the run's images (``_selection_score``; ties and
@@ -191,13 +211,15 @@ def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support
     masks[joint_region(config.regions)] = torch.stack(list(masks.values())).amax(0)
     ranks = _family_ranks(found)
     readings: list[Reading | None] = [None] * len(found)
-    read = [i for i, rank in enumerate(ranks) if rank < LABEL_RANKS] if model is not None else []
+    read = [i for i, ((_, method, _, _), rank) in enumerate(zip(found, ranks))
+            if rank < (JOINT_READ_RANKS if method in JOINT_METHODS else LABEL_RANKS)] if model is not None else []
     if read:
         x_T = torch.stack([store.x_T(i) for i in range(min(LABEL_IMAGES, len(config.images)))])
         for i, reading in zip(read, read_edits(model, x_T, vectors[read], [found[i][0] for i in read],
                                                torch.stack([masks[found[i][0]] for i in read]), probe,
                                                num_steps=config.num_steps)):
             readings[i] = reading
+    ranks = _rank_joint_by_reading(found, ranks, readings)
     in_region = regions_of()
     every = [f for factors in in_region.values() for f in factors]
     closest = [closest_reference(v[None], references or {}, in_region.get(region, every))[0]
