@@ -42,6 +42,7 @@ from localedit.core.forward_ad import jacfwd, jvp
 from localedit.core.hspace import HState, decode, encode
 from localedit.core.jacobian import MaskedJacobian, subspaces
 from localedit.core.models import BUNDLED_MODEL_DIR, DiffusionModel, from_unet, load_model
+from localedit.core.subspace import principal_angles, project_out
 
 # The U-Net of google/ddpm-celebahq-256 (its published config.json), built with random weights.
 CELEBAHQ_256 = dict(
@@ -163,7 +164,7 @@ def sequential(p: Problem, budget: int, tol: float = 1e-5, seed: int = 0) -> Fou
     for _ in range(p.k):
         B = torch.stack(found, 1) if found else torch.zeros(p.dim, 0)
         v = torch.randn(p.dim, generator=g)
-        v = v - B @ (B.T @ v)
+        v = project_out(v, B)
         v = v / v.norm()
         for step_no in range(1, budget + 1):
             step = v.view_as(h0)
@@ -172,7 +173,7 @@ def sequential(p: Problem, budget: int, tol: float = 1e-5, seed: int = 0) -> Fou
             h = h0.detach().requires_grad_(True)
             (JtJv,) = torch.autograd.grad(p.f(h), h, Jv)
             w = JtJv.reshape(-1)
-            w = w - B @ (B.T @ w)
+            w = project_out(w, B)
             w = w / w.norm()
             count.update(jvps=1, vjps=1, forwards=1)
             count["iterations"] = max(count["iterations"], step_no)
@@ -277,11 +278,8 @@ def long_run_reference(p: Problem) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def max_angle_deg(basis: torch.Tensor, ref: torch.Tensor) -> float:
-    """Largest principal angle between span(basis) and span(ref), in degrees."""
-    q = torch.linalg.qr(basis.double()).Q
-    r = ref.double()
-    sin = torch.linalg.matrix_norm(r - q @ (q.T @ r), ord=2).clamp(max=1.0)
-    return math.degrees(math.asin(float(sin)))
+    """Largest principal angle between span(basis) (any columns; orthonormalised here) and span(ref), in degrees."""
+    return float(principal_angles(torch.linalg.qr(basis.double()).Q, ref.double()).max())
 
 
 # ----------------------------------------------------------------------------- measurement

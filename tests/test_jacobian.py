@@ -1,15 +1,13 @@
-import math
-
 import pytest
 import torch
 
 from localedit.core.hspace import encode
 from localedit.core.jacobian import MaskedJacobian, exact_jacobian, subspaces
+from localedit.core.subspace import principal_angles
 
 
 def _max_angle_deg(a: torch.Tensor, b: torch.Tensor) -> float:
-    cos = torch.linalg.svdvals(a.T @ b).min().clamp(max=1.0)
-    return math.degrees(math.acos(float(cos)))
+    return float(principal_angles(a, b).max())
 
 
 @pytest.fixture(scope="module")

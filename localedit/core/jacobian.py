@@ -25,6 +25,7 @@ from localedit.core.forward_ad import jvp
 from localedit.core.hspace import HState, decode
 from localedit.core.models import DiffusionModel, prediction_type
 from localedit.core.parameterisation import noise_gain
+from localedit.core.subspace import largest_angle_sine, project_out
 
 
 @dataclass
@@ -54,14 +55,8 @@ def _extension(basis: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     ``new`` lies almost inside it.
     """
     for _ in range(2):
-        new = _orthonormal(new - basis @ (basis.transpose(1, 2) @ new))
+        new = _orthonormal(project_out(new, basis))
     return new
-
-
-def _sin_max_angle(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """Sine of the largest principal angle between spans, per block."""
-    resid = new - old @ (old.transpose(1, 2) @ new)
-    return torch.linalg.matrix_norm(resid, ord=2).clamp(max=1.0)
 
 
 def noise_prediction_gain(model: DiffusionModel, state: HState) -> float:
@@ -165,7 +160,7 @@ def subspaces(
         res = torch.linalg.vector_norm(resid[:, :, :k], dim=1)
         residual[active] = (res.max(1).values / lam_p[:, 0].clamp_min(1e-30)).cpu()
         new_top = basis[:, :, :k]
-        change = _sin_max_angle(top[active], new_top).cpu() if it else torch.ones(len(active))
+        change = largest_angle_sine(top[active], new_top).cpu() if it else torch.ones(len(active))
         # ``top`` and ``values`` come from the same Rayleigh-Ritz step, so values match vectors.
         top[active], values[active] = new_top, lam_p[:, :k].sqrt()
         iters[active] = it + 1

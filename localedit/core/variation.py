@@ -45,11 +45,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from localedit.core.aggregate import fix_signs
 from localedit.core.ddim import DEFAULT_STEPS, denoise
 from localedit.core.hspace import encode
 from localedit.core.models import DiffusionModel
 from localedit.core.regions import Region
+from localedit.core.subspace import fix_signs, project_out
 
 DEFAULT_COMPLEMENT_RANK = 8
 DEFAULT_DIRECTIONS = 8
@@ -125,7 +125,7 @@ class RegionVariation:
                                  f"h cell; its variation cannot be told from the rest")
             outside = torch.linalg.svd(H * (1 - cells), full_matrices=False).U[:, : self.complement_rank]
             inside = H * cells
-            directions, variances = self._principal_axes(inside - outside @ (outside.T @ inside), n)
+            directions, variances = self._principal_axes(project_out(inside, outside), n)
             self.directions_.append(directions)
             self.variances_.append(variances)
         self.n_images_ = n
