@@ -1,7 +1,9 @@
 """Subspace benchmark: our subspace engine against the published algorithms, in the same run.
 
 All three algorithms find the top-k right singular vectors of one masked Jacobian
-J = d(mask * eps)/dh on the same model, state and mask, in the same process:
+J = d(mask * model_output)/dh on the same model, state and mask, in the same process (the U-Net's
+output, not converted to the noise prediction: the conversion is a scalar gain, which changes
+neither the singular vectors nor the cost):
 
 - ``sequential``: power iteration one vector at a time with deflation (Haas et al.),
   J v by forward-mode ``torch.autograd.functional.jacobian`` of a scalar step, J^T u by autograd.
@@ -77,7 +79,7 @@ TINY = dict(
 
 @dataclass
 class Problem:
-    """One masked Jacobian: f(h) = mask * eps(h) at a fixed (x_t, t), and the rank k sought."""
+    """One masked Jacobian: f(h) = mask * model_output(h) at a fixed (x_t, t), and the rank k sought."""
 
     name: str
     model: DiffusionModel
@@ -99,7 +101,7 @@ class Problem:
 
 
 def random_unet(config: dict, seed: int = 0) -> UNet2DModel:
-    """Random weights, perturbed so that no layer is initialised to zero and eps depends on h."""
+    """Random weights, perturbed so that no layer is initialised to zero and the output depends on h."""
     torch.manual_seed(seed)
     unet = UNet2DModel(**config)
     with torch.no_grad():

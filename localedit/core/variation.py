@@ -56,10 +56,10 @@ DEFAULT_DIRECTIONS = 8
 
 
 def h_cells(mask: torch.Tensor, h_shape: Sequence[int]) -> torch.Tensor:
-    """Flat 0/1 indicator (d,) of the h positions whose receptive block touches ``mask`` (H, W).
+    """Flat 0/1 indicator (d,) of the h positions whose patch of pixels touches ``mask`` (H, W).
 
     h has shape (C, h, w) with h, w a power-of-two fraction of the image; a cell belongs to the
-    region when any pixel of its block does (adaptive max pooling), for every channel.
+    region when any pixel of its patch does (adaptive max pooling), for every channel.
     """
     channels, height, width = h_shape
     pooled = F.adaptive_max_pool2d(torch.as_tensor(mask, dtype=torch.float32)[None, None], (height, width))[0, 0]

@@ -106,7 +106,7 @@ def run_comparison(model: DiffusionModel, out_dir: str | Path, regions: str = "e
                    num_steps: int = DEFAULT_STEPS, perceptual: Perceptual | None = None,
                    probe: FactorProbe | None = None, notes: dict | None = None, samples: str | Path = SAMPLES_DIR,
                    jive: dict | None = None, progress: bool = False) -> dict:
-    """The method comparison on the bundled samples: mine on the mining split, transfer to held-out images.
+    """The method comparison on the bundled samples: mine on the mining subset, transfer to held-out images.
 
     Writes metrics.parquet, evaluation.json and strips/ to ``out_dir``; returns evaluation.json's content.
     """

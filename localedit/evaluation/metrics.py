@@ -170,7 +170,7 @@ def _lpips_network(backbone_state: dict | None) -> torch.nn.Module:
         net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, spatial=True, verbose=False)
     if backbone_state is not None:
         # torchvision keys are features.{i}.*; lpips keeps the same layers as slice{s}.{i}.*
-        slices = {idx: name for name, block in net.net.named_children() for idx, _ in block.named_children()}
+        slices = {idx: name for name, part in net.net.named_children() for idx, _ in part.named_children()}
         state = {}
         for key, value in backbone_state.items():
             parts = key.split(".")
