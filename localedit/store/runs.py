@@ -56,7 +56,6 @@ FORMAT_1 = "localedit-run/1"  # still opened, read and resumed
 # The statistics of a subspace computation (``Subspace``), one (image, block) variable each: name -> (dtype, fill).
 SUBSPACE_STATS = {"subspace_iterations": ("int32", 0), "subspace_residual": ("float32", 0.0),
                   "subspace_converged": ("bool", False)}
-FORMAT_1_STATS = ("iterations", "residual", "converged")  # layout 1's "subspace_stats" (image, block, stat) array
 
 
 @dataclass(frozen=True)
@@ -350,7 +349,7 @@ class RunStore:
     def _write_stats(self, i: int, a: int, sub: Subspace) -> None:
         """How block ``a``'s subspace computation went (iterations, residual, converged), in this store's layout."""
         stats = (sub.iterations, sub.residual, sub.converged)
-        if self.format == FORMAT_1:
+        if self.format == FORMAT_1:  # one float32 (image, block, stat) array, stats in this order
             self.group["subspace_stats"][i, a] = np.array(stats, np.float32)
             return
         for name, value in zip(SUBSPACE_STATS, stats):
