@@ -232,6 +232,8 @@ class JIVE:
         self.signal_ranks_ = [p.shape[1] for p in P]
         U, sigma, _ = torch.linalg.svd(torch.cat(P, dim=1), full_matrices=False)
         sq = sigma**2
+        # AJIVE's angle of each stacked component to all K signal subspaces at once (not a pairwise angle
+        # between two spans, which is localedit.core.subspace.principal_angles).
         self.principal_angles_deg_ = torch.rad2deg(torch.acos((sq / K).clamp(0, 1).sqrt())).to(dtype)
         self.joint_threshold_ = None
         if joint_rank is None:
