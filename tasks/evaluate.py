@@ -98,8 +98,8 @@ def catalogue_directions(run_dir: str, max_rank: int) -> list[Direction]:
     rows = cat.frame[cat.frame["rank"] < max_rank]
     return [Direction(f"catalogue:{row.id}", row.method, row.region if row.kind == "individual" else None, "h",
                       cat.vector(row.id), int(row.t), None,
-                      {"consistency": float(row.consistency), "support": int(row.support), "label": row.label,
-                       "label_share": float(row.label_share)})
+                      {"consistency": float(row.consistency), "support": int(row.support), col.LABEL: row.label,
+                       col.LABEL_SHARE: float(row.label_share)})
             for row in rows.itertuples()]
 
 

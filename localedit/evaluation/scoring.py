@@ -118,7 +118,7 @@ def score_edits(direction: Direction, images: ImageSet, index: Sequence[int], ed
     ids = pd.DataFrame({
         col.DIRECTION: direction.id, col.METHOD: direction.method, col.DIRECTION_REGION: direction.region,
         col.SPACE: direction.space, col.SOURCE: direction.source, col.IMAGE_SET: images.image_set,
-        col.LABEL: direction.info.get("label", ""), col.LABEL_SHARE: direction.info.get("label_share", math.nan),
+        col.LABEL: direction.info.get(col.LABEL, ""), col.LABEL_SHARE: direction.info.get(col.LABEL_SHARE, math.nan),
         col.IMAGE: np.repeat([images.keys[i] for i in index], m), col.KIND: kind, col.ALPHA: alpha,
         col.ALPHA_MULT: alpha / match.alpha, col.MATCHED_ALPHA: match.alpha, col.MATCHED: match.matched,
         col.TARGET_CHANGE: scorer.target,

@@ -15,7 +15,8 @@ same folder is refused, and only the holder removes temporary chunk files a kill
 
 The layout follows xarray's Zarr conventions: every array carries ``dimension_names``, the
 labels of the ``image``, ``region`` and ``block`` dimensions are coordinate arrays of those names
-(written once, when the store is created), and each quantity is a variable of its own, so
+(written once, when the store is created; the catalogue's ``direction`` ids with its vectors),
+and each quantity is a variable of its own, so
 
     ds = xarray.open_zarr(run_dir / "store.zarr", consolidated=False)
     ds.sel(region="eyes").individual_basis      # (image, h, component)
@@ -35,7 +36,7 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -386,9 +387,15 @@ class RunStore:
 
     # -- catalogue vectors (written once, by the single catalogue task) -------------------------
 
-    def write_directions(self, vectors: torch.Tensor, attrs: dict) -> None:
-        """(m, d) unit vectors, one per catalogue row; replaces any earlier catalogue of this run."""
+    def write_directions(self, vectors: torch.Tensor, ids: Sequence[str], attrs: dict) -> None:
+        """(m, d) unit vectors, one per catalogue row, and their ids (the ``direction`` coordinate, so
+        ``ds.directions.sel(direction="eyes/individual/0")`` reads one); replaces any earlier catalogue of this run."""
         m, d = vectors.shape
+        if len(ids) != m:
+            raise ValueError(f"{len(ids)} ids for {m} direction vectors")
+        labels = self.group.create_array("direction", shape=(m,), chunks=(max(m, 1),), dtype=str, fill_value="",
+                                         dimension_names=("direction",), overwrite=True)
+        labels[:] = np.array(list(ids), dtype=str)
         array = self.group.create_array("directions", shape=(m, d), chunks=(max(m, 1), d), dtype="float32",
                                         fill_value=0.0, dimension_names=("direction", "h"), overwrite=True)
         array[:] = vectors.to(torch.float32).numpy()
