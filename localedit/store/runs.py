@@ -301,8 +301,8 @@ class RunStore:
     def latent_done(self, i: int) -> bool:
         return self._done("done_latent", i)
 
-    def subspace_done(self, i: int, region: str) -> bool:
-        return self._done("done_subspace", i, self.block_index(region))
+    def subspace_done(self, i: int, block: str) -> bool:
+        return self._done("done_subspace", i, self.block_index(block))
 
     def pending_blocks(self, i: int) -> list[str]:
         """The blocks of image ``i`` whose subspace is not yet marked done, in ``config.blocks`` order."""
@@ -356,9 +356,9 @@ class RunStore:
         for name, value in zip(SUBSPACE_STATS, stats):
             self.group[name][i, a] = value
 
-    def subspace(self, i: int, region: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(basis (d, k), singular values (k,)) of one image's region (or block)."""
-        a = self.block_index(region)
+    def subspace(self, i: int, block: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(basis (d, k), singular values (k,)) of one image's block (a region, or a region's complement)."""
+        a = self.block_index(block)
         return self._tensor("subspace_basis", i, a), self._tensor("subspace_singular_values", i, a)
 
     def write_split(self, i: int, split: Split, seconds: float) -> None:
