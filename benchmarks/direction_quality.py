@@ -39,6 +39,7 @@ from localedit.core.ddim import EditSchedule, invert
 from localedit.core.mining import latent_at
 from localedit.core.models import load_model
 from localedit.core.regions import resolve_regions
+from localedit.evaluation import schema as col
 from localedit.evaluation.baselines import Direction, method_directions
 from localedit.evaluation.compare import load_probe_or_note, variation_directions
 from localedit.evaluation.scoring import Scorer, evaluate_direction, prepare_images
@@ -70,8 +71,8 @@ def main() -> None:
     regions = resolve_regions("eyes,mouth", model.resolution)
     mine, mine_factors = load_samples("mine")
     held, held_factors = load_samples("heldout")
-    source = prepare_images(model, mine[:4], mine_factors["file"][:4].tolist(), "source")
-    heldout = prepare_images(model, held[:n_heldout], held_factors["file"][:n_heldout].tolist(), "transfer")
+    source = prepare_images(model, mine[:4], mine_factors["file"][:4].tolist(), col.SOURCE_SET)
+    heldout = prepare_images(model, held[:n_heldout], held_factors["file"][:n_heldout].tolist(), col.TRANSFER_SET)
     probe, _ = load_probe_or_note()
     references = reference_directions(model, args.t)
 
@@ -98,14 +99,14 @@ def main() -> None:
         scorer = Scorer({r.name: r for r in regions}, None, probe, schedule)
         for d in found:
             rows = evaluate_direction(model, d, scorer, (source, [0, 1, 2, 3]), [(heldout, list(range(n_heldout)))])
-            scored = with_best_sign(rows[(rows["kind"] == "matched") & (rows["split"] == "transfer")])
+            scored = with_best_sign(rows[(rows[col.KIND] == col.KIND_MATCHED) & (rows[col.IMAGE_SET] == col.TRANSFER_SET)])
             cos = {f: round(abs(float(d.vector @ references[f])), 3) for f in regions_of()[d.region]}
             records.append({
                 "criterion": d.method, "region": d.region, "schedule": schedule.kind,
-                "locality_best_sign_median": round(float(scored["locality_best_sign"].median()), 3),
-                "locality_median": round(float(pd.to_numeric(scored["locality"]).median()), 3),
-                "factor_purity_best_sign_median": round(float(scored["factor_purity_best_sign"].median()), 3),
-                "matched_alpha": round(float(scored["matched_alpha"].iloc[0]), 4),
+                "locality_best_sign_median": round(float(scored[col.LOCALITY_BEST_SIGN].median()), 3),
+                "locality_median": round(float(pd.to_numeric(scored[col.LOCALITY]).median()), 3),
+                "factor_purity_best_sign_median": round(float(scored[col.FACTOR_PURITY_BEST_SIGN].median()), 3),
+                "matched_alpha": round(float(scored[col.MATCHED_ALPHA].iloc[0]), 4),
                 "cos_to_references": cos,
                 "mining_seconds_per_image": None if d.method == "reference" else round(seconds[d.method], 2),
             })

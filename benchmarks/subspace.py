@@ -1,7 +1,9 @@
 """Subspace benchmark: our subspace engine against the published algorithms, in the same run.
 
 All three algorithms find the top-k right singular vectors of one masked Jacobian
-J = d(mask * eps)/dh on the same model, state and mask, in the same process:
+J = d(mask * model_output)/dh on the same model, state and mask, in the same process (the U-Net's
+output, not converted to the noise prediction: the conversion is a scalar gain, which changes
+neither the singular vectors nor the cost):
 
 - ``sequential``: power iteration one vector at a time with deflation (Haas et al.),
   J v by forward-mode ``torch.autograd.functional.jacobian`` of a scalar step, J^T u by autograd.
@@ -42,6 +44,7 @@ from localedit.core.forward_ad import jacfwd, jvp
 from localedit.core.hspace import HState, decode, encode
 from localedit.core.jacobian import MaskedJacobian, subspaces
 from localedit.core.models import BUNDLED_MODEL_DIR, DiffusionModel, from_unet, load_model
+from localedit.core.subspace import principal_angles, project_out
 
 # The U-Net of google/ddpm-celebahq-256 (its published config.json), built with random weights.
 CELEBAHQ_256 = dict(
@@ -76,7 +79,7 @@ TINY = dict(
 
 @dataclass
 class Problem:
-    """One masked Jacobian: f(h) = mask * eps(h) at a fixed (x_t, t), and the rank k sought."""
+    """One masked Jacobian: f(h) = mask * model_output(h) at a fixed (x_t, t), and the rank k sought."""
 
     name: str
     model: DiffusionModel
@@ -98,7 +101,7 @@ class Problem:
 
 
 def random_unet(config: dict, seed: int = 0) -> UNet2DModel:
-    """Random weights, perturbed so that no layer is initialised to zero and eps depends on h."""
+    """Random weights, perturbed so that no layer is initialised to zero and the output depends on h."""
     torch.manual_seed(seed)
     unet = UNet2DModel(**config)
     with torch.no_grad():
@@ -163,7 +166,7 @@ def sequential(p: Problem, budget: int, tol: float = 1e-5, seed: int = 0) -> Fou
     for _ in range(p.k):
         B = torch.stack(found, 1) if found else torch.zeros(p.dim, 0)
         v = torch.randn(p.dim, generator=g)
-        v = v - B @ (B.T @ v)
+        v = project_out(v, B)
         v = v / v.norm()
         for step_no in range(1, budget + 1):
             step = v.view_as(h0)
@@ -172,7 +175,7 @@ def sequential(p: Problem, budget: int, tol: float = 1e-5, seed: int = 0) -> Fou
             h = h0.detach().requires_grad_(True)
             (JtJv,) = torch.autograd.grad(p.f(h), h, Jv)
             w = JtJv.reshape(-1)
-            w = w - B @ (B.T @ w)
+            w = project_out(w, B)
             w = w / w.norm()
             count.update(jvps=1, vjps=1, forwards=1)
             count["iterations"] = max(count["iterations"], step_no)
@@ -277,11 +280,8 @@ def long_run_reference(p: Problem) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def max_angle_deg(basis: torch.Tensor, ref: torch.Tensor) -> float:
-    """Largest principal angle between span(basis) and span(ref), in degrees."""
-    q = torch.linalg.qr(basis.double()).Q
-    r = ref.double()
-    sin = torch.linalg.matrix_norm(r - q @ (q.T @ r), ord=2).clamp(max=1.0)
-    return math.degrees(math.asin(float(sin)))
+    """Largest principal angle between span(basis) (any columns; orthonormalised here) and span(ref), in degrees."""
+    return float(principal_angles(torch.linalg.qr(basis.double()).Q, ref.double()).max())
 
 
 # ----------------------------------------------------------------------------- measurement

@@ -44,7 +44,7 @@ def evaluate_directions(run_dir: str, heldout: int = 16, sources: int = 4, basel
 
     Args:
         run_dir: a mined run with its catalogue.
-        heldout: held-out images (from ``samples``' held-out split) to transfer every direction to.
+        heldout: held-out images (from ``samples``' held-out subset) to transfer every direction to.
         sources: the run's own images that directions are matched and scored on.
         baselines: also mine and score the baseline methods on the source images (one per image;
             held-out image j gets source j mod ``sources``'s baselines).

@@ -64,7 +64,7 @@ def mine_directions(
             literal ``%``).
             An existing run there is resumed if its settings match, refused otherwise.
         model: "bundled", a local diffusers folder, or a Hugging Face hub id.
-        images: a folder of images at the model's resolution, or "bundled" (the bundled mining split).
+        images: a folder of images at the model's resolution, or "bundled" (the bundled mining subset).
         samples: instead of images, this many images sampled from the model (seeded by ``seed``).
         regions: comma-separated preset names (eyes, mouth, hair, left_eye, right_eye) or a regions JSON file.
         t: editing timestep (rounded to the DDIM grid); k: subspace size per region.

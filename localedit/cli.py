@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", default=None, help="without a run: bundled (default), a diffusers folder, or a hub id")
     evaluate.add_argument("--regions", default="eyes,mouth", help="without a run: preset names or a regions JSON file")
     evaluate.add_argument("--sources", type=int, default=4,
-                          help="images directions are matched on (and baselines mined on): the run's first, or mining-split ones")
+                          help="images directions are matched on (and baselines mined on): the run's first, or mining ones")
     evaluate.add_argument("--heldout", type=int, default=16, help="held-out images to transfer to")
     evaluate.add_argument("--target", type=float, default=None, help="RMS pixel change every direction is matched to")
     evaluate.add_argument("--num-steps", type=int, default=50)

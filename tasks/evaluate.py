@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from localedit.bundled.samples import load_samples
 from localedit.core.models import DiffusionModel
+from localedit.evaluation import schema as col
 from localedit.evaluation.baselines import METHODS, Direction, method_directions
 from localedit.evaluation.compare import load_probe_or_note, supervised_references
 from localedit.evaluation.matching import Match
@@ -57,12 +58,12 @@ def prepare_evaluation(run_dir: str, heldout: int, sources: int, target: float, 
     store = RunStore(run_dir)
     n_source = min(sources, len(attrs["images"]))
     source = prepare_images(model, torch.stack([store.image(i) for i in range(n_source)]),
-                            [str(attrs["images"][i]) for i in range(n_source)], "source", attrs["num_steps"],
+                            [str(attrs["images"][i]) for i in range(n_source)], col.SOURCE_SET, attrs["num_steps"],
                             x_T=torch.stack([store.x_T(i) for i in range(n_source)]))
     images, factors = load_samples("heldout", samples)
     if len(images) < heldout:
         raise ValueError(f"asked for {heldout} held-out images; {samples} has {len(images)}")
-    held = prepare_images(model, images[:heldout], factors["file"][:heldout].tolist(), "transfer", attrs["num_steps"])
+    held = prepare_images(model, images[:heldout], factors["file"][:heldout].tolist(), col.TRANSFER_SET, attrs["num_steps"])
     perceptual = load_lpips()
     probe, probe_note = load_probe_or_note()
     regions = {name: cat.regions[name] for name in attrs["regions"]}
@@ -97,8 +98,8 @@ def catalogue_directions(run_dir: str, max_rank: int) -> list[Direction]:
     rows = cat.frame[cat.frame["rank"] < max_rank]
     return [Direction(f"catalogue:{row.id}", row.method, row.region if row.kind == "individual" else None, "h",
                       cat.vector(row.id), int(row.t), None,
-                      {"consistency": float(row.consistency), "support": int(row.support), "label": row.label,
-                       "label_share": float(row.label_share)})
+                      {"consistency": float(row.consistency), "support": int(row.support), col.LABEL: row.label,
+                       col.LABEL_SHARE: float(row.label_share)})
             for row in rows.itertuples()]
 
 
@@ -158,5 +159,5 @@ def publish(run_dir: str, frames: list[pd.DataFrame], settings: dict) -> dict:
         f"# Direction evaluation\n\nRun `{run_dir}`, model `{settings['model_fingerprint']}`, matched RMS change "
         f"{settings['target_change']}. LPIPS: {settings['lpips_note']}\n\n```\n{table}\n```\n\nReport: `{report}`\n"))
     create_table_artifact(key="evaluation-methods", table=[{"method": name, **{k: v for k, v in m.items()
-                          if k.endswith("_median")}} for name, m in result["methods"].items()])
+                          if k.endswith(f"_{col.MEDIAN}")}} for name, m in result["methods"].items()])
     return {**result, "report": str(report)}

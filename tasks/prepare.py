@@ -31,7 +31,7 @@ class SkippedFilesWarning(UserWarning):
 
 
 def image_files(images: str) -> list[Path]:
-    """The image files of a folder, in name order; ``"bundled"`` names the bundled mining split.
+    """The image files of a folder, in name order; ``"bundled"`` names the bundled mining subset.
 
     Hidden files (``.DS_Store``, macOS's ``._x.png`` resource forks) and files without an image
     suffix are skipped with a ``SkippedFilesWarning`` naming them.

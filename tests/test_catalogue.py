@@ -3,6 +3,7 @@
 import pandas as pd
 import pytest
 import torch
+import xarray as xr
 
 from localedit.core.editing import ALPHA_RANGE
 from localedit.core.jive import JIVE
@@ -73,6 +74,14 @@ def test_the_shared_directions_are_recovered(built):
     assert abs(float(cat.vector("joint/0") @ shared[:, 2])) > 0.99
     top = cat.frame.set_index("id").loc["eyes/individual/0"]
     assert top["support"] == N and top["consistency"] > 0.95
+
+
+def test_the_store_labels_each_direction_vector_with_its_id(built):
+    cat = catalogue.open(built.run_dir)
+    ds = xr.open_zarr(built.path, consolidated=False)
+    assert ds["direction"].values.tolist() == cat.frame["id"].tolist()
+    for id_ in cat.frame["id"]:
+        torch.testing.assert_close(torch.from_numpy(ds["directions"].sel(direction=id_).values), cat.vector(id_))
 
 
 def test_attrs_and_regions(built, tmp_path):

@@ -6,7 +6,7 @@ import torch
 from localedit.core.contrast import contrast_directions
 from localedit.core.hspace import encode
 from localedit.core.jacobian import exact_jacobian
-from localedit.core.jive import principal_angles
+from localedit.core.subspace import principal_angles
 from localedit.core.regions import Region
 
 

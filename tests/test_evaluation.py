@@ -8,9 +8,11 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from localedit.bundled.probe import factor_purity, region_factors
+from localedit.bundled.probe import FactorProbe, factor_purity, region_factors
+from localedit.bundled.synthetic import FACTORS
 from localedit.core.hspace import h_shape
 from localedit.core.regions import box
+from localedit.evaluation import schema as col
 from localedit.evaluation.baselines import METHODS, REGION_FREE, Direction, method_directions
 from localedit.evaluation.compare import compare
 from localedit.evaluation.layout import METRICS_FILE, SUMMARY_FILE
@@ -119,6 +121,31 @@ def test_region_free_directions_are_scored_on_every_region(setting):
     np.testing.assert_allclose(tied["locality"], regions[0].fraction, rtol=1e-4)
 
 
+@pytest.mark.parametrize("measured", ["metrics only", "with LPIPS and the probe"])
+def test_scored_rows_have_exactly_the_schemas_columns(setting, measured):
+    """What scoring writes is what ``schema`` documents and every reader reads by name."""
+    regions, _, heldout = setting
+    full = measured != "metrics only"
+    probe = FactorProbe(FACTORS, [0.0] * len(FACTORS), [1.0] * len(FACTORS), channels=(4,), feature_dim=8, size=16)
+    scorer = Scorer({r.name: r for r in regions}, random_backbone_lpips() if full else None, probe if full else None)
+    rows = score_edits(Direction("g", "global", None, "h", torch.ones(4), 500), heldout, [0, 1],
+                       heldout.reference[:, None] + 0.01, [0.2], scorer, Match(0.2, 0.03, True, 3))
+    col.check_rows(rows)
+    expected = {*col.IDENTITY, *col.IMAGE_METRICS}
+    if full:
+        expected |= {col.RANDOM_LPIPS, col.RANDOM_LPIPS_OUTSIDE, *col.PROBE_METRICS, *map(col.factor_column, FACTORS)}
+    assert set(rows.columns) == expected
+    assert set(col.factor_columns(rows.columns)) == ({f"factor_{f}" for f in FACTORS} if full else set())
+    with pytest.raises(ValueError, match=r"missing columns \['locality'\]; unknown columns \['locality_share'\]"):
+        col.check_rows(rows.rename(columns={"locality": "locality_share"}))
+    with pytest.raises(ValueError, match="image_set holds"):
+        col.check_rows(rows.assign(image_set="heldout"))
+    if full:
+        with pytest.raises(ValueError, match="probe's columns"):
+            col.check_rows(rows.drop(columns="global_purity"))
+    assert all(c.meaning for c in col.ROW_COLUMNS.values())
+
+
 def test_method_directions_cover_every_method(tiny_model, setting):
     regions, source, _ = setting
     found, latent = method_directions(tiny_model, None, regions, "s0", k=3, num_steps=4, x_T=source.x_T)
@@ -136,11 +163,12 @@ def test_small_comparison_end_to_end(tiny_model, setting, tmp_path):
     regions, source, heldout = setting
     scorer = Scorer({r.name: r for r in regions}, random_backbone_lpips(), target=0.02)
     rows, directions = compare(tiny_model, source, heldout, scorer, k=3, out_dir=tmp_path, strip_images=1)
+    col.check_rows(rows)
     matched = rows[rows["kind"] == "matched"]
-    assert set(matched["split"]) == {"source", "transfer"}
+    assert set(matched["image_set"]) == {"source", "transfer"}
     assert set(matched["method"]) == {d.method for d in directions}
     # Strength matching holds the source edits at the target change (mean of the two signs).
-    src = matched[(matched["split"] == "source") & matched["matched"]].drop_duplicates(["direction", "alpha"])
+    src = matched[(matched["image_set"] == "source") & matched["matched"]].drop_duplicates(["direction", "alpha"])
     per_direction = src.groupby("direction")["total_change"].mean()
     assert len(per_direction) > 0
     np.testing.assert_allclose(per_direction, 0.02, rtol=0.1)
@@ -189,7 +217,7 @@ def test_evaluation_flow_on_a_mined_run(prefect_api, tmp_path):
     assert from_catalogue.any()
     assert set(rows.loc[from_catalogue, "method"]) <= {"jive_complement", "jive_joint", "region_contrast"}
     assert {"jive_complement", "region_contrast"} <= set(rows.loc[from_catalogue, "method"])
-    transfer = rows[(rows["split"] == "transfer") & (rows["kind"] == "matched")]
+    transfer = rows[(rows["image_set"] == "transfer") & (rows["kind"] == "matched")]
     assert set(transfer["image"]) == {"heldout_000.png", "heldout_001.png"}
     assert (run / "report.html").is_file() and result["report"] == str(run / "report.html")
     assert set(result["methods"]) == set(METHODS)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from localedit.core.jive import JIVE, _random_direction_bound, principal_angles, signal_mask
+from localedit.core.jive import JIVE, _random_direction_bound, signal_mask
+from localedit.core.subspace import principal_angles
 
 D, RJ, RI = 256, 2, 3
 F64 = torch.float64
@@ -56,26 +57,6 @@ def fitted_models(K):
     auto = JIVE().fit(bases, svals)
     fixed = JIVE(joint_rank=RJ, individual_ranks=RI).fit(bases, svals)
     return auto, fixed, joint, individual
-
-
-# ---------------------------------------------------------------- principal_angles
-
-def test_principal_angles_known_values_and_small_angle_accuracy():
-    g = torch.Generator().manual_seed(1)
-    E = _orthonormal(40, 7, g)
-    degrees = torch.tensor([1e-5, 30.0, 80.0], dtype=F64)
-    rad = torch.deg2rad(degrees)
-    A = E[:, :3]
-    B = torch.cos(rad) * E[:, :3] + torch.sin(rad) * E[:, 3:6]
-    got = principal_angles(A, B)
-    torch.testing.assert_close(got, degrees, rtol=1e-6, atol=1e-9)  # arccos alone gives ~1e-6 deg error
-    # symmetric, and a wider subspace gives min(p, q) angles
-    torch.testing.assert_close(principal_angles(B, A), degrees, rtol=1e-6, atol=1e-9)
-    wide = torch.cat([A, E[:, 6:7]], dim=1)
-    torch.testing.assert_close(principal_angles(wide, B), degrees, rtol=1e-6, atol=1e-9)
-    assert principal_angles(A.float(), B.float()).dtype == torch.float32
-    with pytest.raises(ValueError, match="same d"):
-        principal_angles(A, B[:-1])
 
 
 # ---------------------------------------------------------------- planted recovery

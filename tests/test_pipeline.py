@@ -97,12 +97,12 @@ def test_end_to_end_layout_attributes_and_catalogue(mined, models):
     assert attrs["model_fingerprint"] == load_model(models["tiny"]).fingerprint
     assert attrs["t"] == 500 and attrs["k"] == 3 and attrs["num_steps"] == 10 and attrs["regions"] == ["eyes", "mouth"]
     assert attrs["images"] == [f"sample-{i:04d}" for i in range(6)] and attrs["complements"] is True
-    assert store.group["subspace_basis"].attrs["blocks"] == ["eyes", "mouth", "not_eyes", "not_mouth"]
+    assert store.group["block"][:].tolist() == ["eyes", "mouth", "not_eyes", "not_mouth"]
     ds = xr.open_zarr(store.path, consolidated=False)
     assert ds["subspace_basis"].dims == ("image", "block", "h", "component")
     assert ds["individual_basis"].dims == ("image", "region", "h", "component")
     assert ds.sizes == {"image": 6, "region": 2, "block": 4, "channel": 3, "y": 16, "x": 16, "h": 1024, "component": 3,
-                        "stat": 3, "direction": len(catalogue.open(run_dir))}
+                        "direction": len(catalogue.open(run_dir))}
     images = ds["images"].values
     assert images.min() >= 0 and images.max() <= 1 and images.std() > 0  # the sampled images were decoded
     cat = catalogue.open(run_dir)

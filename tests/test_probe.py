@@ -91,7 +91,7 @@ def test_shipped_probe_reads_the_bundled_samples(shipped):
 
 def test_factor_change_names_the_edited_factor(shipped):
     _, factors = load_samples("heldout")
-    factors = factors.drop(columns=["file", "split"])
+    factors = factors.drop(columns=["file", "subset"])
     original = render(factors)
     assert np.abs(factor_change(shipped, original, original).to_numpy()).max() == 0
     brighter = render(factors.assign(lighting=np.clip(factors["lighting"] + 0.8, -1, 1)))

@@ -9,8 +9,9 @@ from PIL import Image
 from localedit.cli import main
 from localedit.core.editing import write_strip
 from localedit.evaluation.baselines import METHODS, REGION_FREE
-from localedit.evaluation.layout import REPORT_FILE, strip_path
+from localedit.evaluation.layout import METRICS_FILE, REPORT_FILE, strip_path
 from localedit.evaluation.report import LABELS, METHOD_COLUMNS, text_table, write_report
+from localedit.evaluation.schema import check_rows
 from localedit.evaluation.summary import save_results
 from tests import browser
 
@@ -22,25 +23,29 @@ def _rows(lpips: bool) -> pd.DataFrame:
     for method in METHODS:
         for region in [None] if method in REGION_FREE else ["eyes", "mouth"]:
             direction = f"m0:{method}:{region or 'all'}"
-            for split, images in (("source", ["m0"]), ("transfer", ["h0", "h1", "h2"])):
+            for image_set, images in (("source", ["m0"]), ("transfer", ["h0", "h1", "h2"])):
                 for image in images:
                     for kind, mults in (("matched", (1.0, -1.0)), ("sweep", (-2.0, -1.0, 1.0, 2.0))):
-                        if kind == "sweep" and split == "source":
+                        if kind == "sweep" and image_set == "source":
                             continue
                         for mult in mults:
                             for scored in [region] if region else ["eyes", "mouth"]:
                                 records.append({
                                     "direction": direction, "method": method, "direction_region": region,
-                                    "space": "x" if method == "loco_xspace" else "h", "source": "m0", "split": split,
+                                    "space": "x" if method == "loco_xspace" else "h", "source": "m0",
+                                    "image_set": image_set, "label": "", "label_share": np.nan,
                                     "image": image, "kind": kind, "alpha": 0.1 * mult, "alpha_mult": mult,
                                     "matched_alpha": 0.1, "matched": True, "target_change": 0.03, "region": scored,
                                     "total_change": 0.03, "locality": rng.uniform(), "inside_strength": 0.05,
                                     "outside_psnr": rng.uniform(25, 40), "outside_ssim": rng.uniform(0.9, 1),
                                     "lpips": rng.uniform(0, 0.1) if lpips else None,
                                     "lpips_outside": rng.uniform(0, 0.05) if lpips else None,
-                                    "factor_purity": rng.uniform(), "factor_eye_openness": rng.normal(),
+                                    "factor_purity": rng.uniform(), "global_purity": rng.uniform(),
+                                    "factor_eye_openness": rng.normal(),
                                     "factor_lighting": rng.normal()})
-    return pd.DataFrame(records)
+    rows = pd.DataFrame(records)
+    check_rows(rows)  # shaped like the evaluation's: the schema's columns
+    return rows
 
 
 @pytest.fixture
@@ -122,7 +127,7 @@ def test_report_reads_in_a_real_browser(evaluated, tmp_path):
         assert len(images) == 5 + 1 + 1 and all(done and width > 0 for done, width in images), images
         column = ("[...document.querySelector('table.sortable').tBodies[0].rows]"
                   ".map(r => parseFloat(r.cells[{}].dataset.v))")
-        header = [h for _, h, _ in METHOD_COLUMNS].index("locality") + 1
+        header = [h for _, _, h, _ in METHOD_COLUMNS].index("locality") + 1
         before = page.evaluate(column.format(header))
         assert len(before) == len(METHODS) and before != sorted(before)
         selector = f"table.sortable th:nth-child({header + 1})"
@@ -146,3 +151,15 @@ def test_strip_headings_name_method_and_region(evaluated):
     assert f"{LABELS['masked']} | eyes | m0:masked:eyes | matched alpha 0.1" in captions
     assert unscored.stem in captions  # a strip the evaluation did not score: its name, no empty fields
     assert not [c for c in captions if c.startswith(" |") or "|  |" in c]
+
+
+def test_a_report_reads_rows_written_before_the_schema_renamed_split(evaluated):
+    """metrics.parquet of an older evaluation names the image set ``split``; its report is rendered the same."""
+    run, model_dir = evaluated
+    _, path = _write(run, model_dir, lpips=True)
+    current = path.read_text()
+    rows = pd.read_parquet(run / METRICS_FILE).rename(columns={"image_set": "split"})
+    rows.to_parquet(run / METRICS_FILE, index=False)
+    again = write_report(run).read_text()
+    assert len(re.findall(r'src="data:image/png', again)) == 5 + 1 + 1
+    assert again == current

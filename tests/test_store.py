@@ -2,6 +2,8 @@
 
 import math
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,6 +65,54 @@ def test_layout_is_preallocated_chunked_per_task_and_named_for_xarray(store):
     assert ds.attrs["model_fingerprint"] == config.model_fingerprint
     assert ds.attrs["regions"] == ["eyes", "mouth"] and ds.attrs["k"] == 2 and ds.attrs["t"] == 501
     assert RunStore(store.run_dir).config == config
+
+
+def test_labels_are_coordinates_so_xarray_selects_regions_blocks_and_images_by_name(store):
+    d = store.config.h_dim
+    subs = {block: subspace(d, 2, seed=a) for a, block in enumerate(store.config.blocks)}
+    store.write_subspaces(1, subs, seconds=1.0)
+    jive = JIVE().fit([orthonormal(d, 2, seed) for seed in (1, 2)], [torch.tensor([3.0, 1.0]), torch.tensor([2.0, 1.0])])
+    store.write_split(1, Split.from_jive(jive), seconds=0.5)
+    ds = xr.open_zarr(store.path, consolidated=False)
+    assert ds["region"].values.tolist() == ["eyes", "mouth"] and ds["block"].values.tolist() == ["eyes", "mouth"]
+    assert ds["image"].values.tolist() == ["img-0", "img-1", "img-2"]
+    eyes = ds.sel(region="eyes")
+    np.testing.assert_array_equal(eyes["masks"].values, box_masks(store.config)[0].numpy())
+    rank = jive.individual_bases_[0].shape[1]
+    np.testing.assert_allclose(eyes["individual_basis"].sel(image="img-1").values[:, :rank],
+                               jive.individual_bases_[0].numpy(), rtol=0, atol=1e-6)
+    assert int(eyes["individual_rank"].sel(image="img-1")) == rank
+    mouth = ds.sel(block="mouth", image="img-1")
+    np.testing.assert_allclose(mouth["subspace_basis"].values, subs["mouth"].basis.numpy(), rtol=0, atol=1e-6)
+    # one variable per statistic, each with its own dtype
+    assert int(mouth["subspace_iterations"]) == 7 and bool(mouth["subspace_converged"])
+    assert float(mouth["subspace_residual"]) == pytest.approx(1e-4)
+    assert ds["subspace_iterations"].dtype == np.int32 and ds["subspace_converged"].dtype == bool
+    assert "subspace_stats" not in ds and "stat" not in ds.sizes
+
+
+def test_a_layout_1_store_still_opens_reads_and_resumes(tmp_path):
+    """tests/fixtures/run-store-v1: a store written before labels became coordinates (its README says what it holds)."""
+    shutil.copytree(Path(__file__).parent / "fixtures" / "run-store-v1", tmp_path / "run")
+    store = RunStore(tmp_path / "run")
+    assert store.format == "localedit-run/1" and store.config.blocks == ("eyes", "mouth", "not_eyes", "not_mouth")
+    assert [r.pixels for r in store.regions] == [12, 12]
+    assert store.progress() == {"latent": (1, 2), "subspace": (5, 8), "split": (1, 2)}
+    for a, block in enumerate(store.config.blocks):
+        basis, values = store.subspace(0, block)
+        torch.testing.assert_close(basis, orthonormal(8, 2, a))
+        torch.testing.assert_close(values, torch.tensor([2.0, 1.0]) * (a + 1))
+    split = store.split(0)
+    assert split.ranks == {"joint": 1, "individual": [1, 1]} and split.joint.shape == (8, 1)
+    # Resuming writes the missing blocks in the old layout: statistics into its (image, block, stat) array.
+    assert store.pending_blocks(1) == ["mouth", "not_eyes", "not_mouth"]
+    store.write_subspaces(1, {"not_mouth": subspace(8, 2, seed=4)}, seconds=0.5)
+    reopened = RunStore(tmp_path / "run")
+    assert reopened.pending_blocks(1) == ["mouth", "not_eyes"]
+    torch.testing.assert_close(reopened.subspace(1, "not_mouth")[0], orthonormal(8, 2, 4))
+    np.testing.assert_allclose(reopened.group["subspace_stats"][1, 3], [7, 1e-4, 1])
+    ds = xr.open_zarr(reopened.path, consolidated=False)  # xarray reads it too, without coordinates
+    assert ds["subspace_stats"].dims == ("image", "block", "stat") and "region" not in ds.coords
 
 
 def test_complement_blocks_get_their_own_subspace_chunks(tmp_path):

@@ -45,7 +45,6 @@ def test_same_seed_same_faces_other_seed_differs():
 
 
 def test_factor_scope_covers_every_factor_column(rows):
-    assert FACTORS == list(FACTOR_SCOPE)
     assert set(rows.columns) == set(FACTOR_SCOPE) | NUISANCE
     assert set(FACTOR_SCOPE.values()) <= {"background", "face", "global"} | set(load_presets())
 
@@ -105,18 +104,18 @@ def test_bundled_samples_cover_closed_eyes_and_the_expression_range():
     images, factors = load_samples()
     assert images.shape == (len(factors), 3, SIZE, SIZE)
     assert images.dtype == torch.float32 and images.min() >= 0 and images.max() <= 1
-    assert set(factors.columns) >= {"file", "split"} | set(FACTORS)
-    for split in ("mine", "heldout"):
-        split_images, f = load_samples(split)
-        assert len(f) == 24 and (f["split"] == split).all()
-        assert torch.equal(split_images, images[torch.from_numpy((factors["split"] == split).to_numpy().copy())])
+    assert set(factors.columns) >= {"file", "subset"} | set(FACTORS)
+    for subset in ("mine", "heldout"):
+        subset_images, f = load_samples(subset)
+        assert len(f) == 24 and (f["subset"] == subset).all()
+        assert torch.equal(subset_images, images[torch.from_numpy((factors["subset"] == subset).to_numpy().copy())])
         closed = f["eye_openness"] < CLOSED_EYE
         assert 0 < closed.sum() < len(f)
         assert f["expression"].min() < -0.66 and f["expression"].max() > 0.66
     # The factor table describes the pixels: re-rendering it reproduces the PNGs up to 8-bit rounding.
-    rendered = render(factors.drop(columns=["file", "split"]), SIZE)
+    rendered = render(factors.drop(columns=["file", "subset"]), SIZE)
     assert (rendered - images).abs().max() <= 0.5 / 255 + 1e-6
-    with pytest.raises(ValueError, match="unknown split"):
+    with pytest.raises(ValueError, match="unknown subset"):
         load_samples("train")
 
 
@@ -127,7 +126,7 @@ def test_write_samples_is_deterministic(tmp_path):
     images, factors = load_samples(root=tmp_path / "a")
     assert list(factors["file"][:2]) == ["mine_000.png", "mine_001.png"]
     assert images.shape == (12, 3, SIZE, SIZE)
-    assert not a[FACTORS].duplicated().any()  # the splits share no face
+    assert not a[FACTORS].duplicated().any()  # the subsets share no face
 
 
 def test_load_image_errors(tmp_path):

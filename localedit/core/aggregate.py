@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from localedit.core.subspace import fix_signs
+
 
 @dataclass
 class Consensus:
@@ -33,12 +35,6 @@ class Consensus:
     consistency: torch.Tensor
     support: torch.Tensor
     n_images: int
-
-
-def fix_signs(u: torch.Tensor) -> torch.Tensor:
-    """SVD signs are arbitrary; make each column's largest-magnitude entry positive so runs agree."""
-    peak = u.gather(0, u.abs().argmax(0, keepdim=True))
-    return u * torch.where(peak < 0, -1.0, 1.0).to(u.dtype)
 
 
 def consensus(bases: Sequence[torch.Tensor], singular_values: Sequence[torch.Tensor], max_directions: int,

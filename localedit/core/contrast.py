@@ -30,12 +30,12 @@ import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch.func import vjp
 
-from localedit.core.aggregate import fix_signs
 from localedit.core.forward_ad import jvp
 from localedit.core.hspace import decode, encode
 from localedit.core.jacobian import noise_prediction_gain
 from localedit.core.models import DiffusionModel
 from localedit.core.regions import Region
+from localedit.core.subspace import fix_signs
 
 DEFAULT_PENALTY = 3.0
 DEFAULT_CONTRAST_DIRECTIONS = 2

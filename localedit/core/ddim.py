@@ -118,8 +118,8 @@ def denoise(
     for t in tqdm(steps, desc="denoise", disable=not progress, leave=False):
         active = edit is not None and edit.schedule.active(t)
         with shift_h(model.unet, edit.direction if active else None, edit.alphas if active else None):
-            eps = model.unet(x, t).sample
-        x = sched.step(eps, t, x).prev_sample
+            model_output = model.unet(x, t).sample  # noise, velocity or clean image: the scheduler knows which
+        x = sched.step(model_output, t, x).prev_sample
     return x
 
 

@@ -1,6 +1,6 @@
-"""Split a UNet2DModel at its bottleneck ("h-space", the mid-block output).
+"""Cut a UNet2DModel at its bottleneck ("h-space", the output of its ``mid_block``).
 
-``encode`` runs the down path and mid block once and caches what the up path needs (skip
+``encode`` runs the down path and ``mid_block`` once and caches what the up path needs (skip
 features, time embedding); ``decode(h)`` then maps any h to the U-Net's output (the noise
 prediction, or what ``localedit.core.parameterisation`` converts to it). The
 Jacobian engine differentiates ``decode`` alone, so the down path is never re-run, and
@@ -44,7 +44,7 @@ def _timesteps(t, batch: int, device) -> torch.Tensor:
 
 @torch.no_grad()
 def encode(unet: UNet2DModel, x_t: torch.Tensor, t) -> HState:
-    """Down path + mid block, mirroring UNet2DModel.forward step for step."""
+    """Down path + ``mid_block``, mirroring UNet2DModel.forward step for step."""
     sample = 2 * x_t - 1.0 if unet.config.center_input_sample else x_t
     timesteps = _timesteps(t, sample.shape[0], sample.device)
     emb = unet.time_embedding(unet.time_proj(timesteps).to(dtype=unet.dtype))
@@ -53,11 +53,11 @@ def encode(unet: UNet2DModel, x_t: torch.Tensor, t) -> HState:
     skip_sample = sample
     sample = unet.conv_in(sample)
     skips = (sample,)
-    for block in unet.down_blocks:
-        if hasattr(block, "skip_conv"):
-            sample, res, skip_sample = block(hidden_states=sample, temb=emb, skip_sample=skip_sample)
+    for down in unet.down_blocks:
+        if hasattr(down, "skip_conv"):
+            sample, res, skip_sample = down(hidden_states=sample, temb=emb, skip_sample=skip_sample)
         else:
-            sample, res = block(hidden_states=sample, temb=emb)
+            sample, res = down(hidden_states=sample, temb=emb)
         skips += res
     if unet.mid_block is not None:
         sample = unet.mid_block(sample, emb)
@@ -72,7 +72,8 @@ def h_shape(unet: UNet2DModel) -> tuple[int, ...]:
 
 
 def decode(unet: UNet2DModel, h: torch.Tensor, state: HState) -> torch.Tensor:
-    """Up path from h; a batch of h shares a single-image state by broadcasting."""
+    """Up path from h (n, C', h, w) to the U-Net's model_output (n, C, H, W); a batch of h shares a
+    single-image state by broadcasting."""
     skips, emb, timesteps = state.skips, state.emb, state.timesteps
     if h.shape[0] != emb.shape[0]:
         if emb.shape[0] != 1:
@@ -81,12 +82,12 @@ def decode(unet: UNet2DModel, h: torch.Tensor, state: HState) -> torch.Tensor:
         skips = tuple(s.expand(n, *s.shape[1:]) for s in skips)
         emb, timesteps = emb.expand(n, -1), timesteps.expand(n)
     sample, skip_sample = h, None
-    for block in unet.up_blocks:
-        res, skips = skips[-len(block.resnets):], skips[: -len(block.resnets)]
-        if hasattr(block, "skip_conv"):
-            sample, skip_sample = block(sample, res, emb, skip_sample)
+    for up in unet.up_blocks:
+        res, skips = skips[-len(up.resnets):], skips[: -len(up.resnets)]
+        if hasattr(up, "skip_conv"):
+            sample, skip_sample = up(sample, res, emb, skip_sample)
         else:
-            sample = block(sample, res, emb)
+            sample = up(sample, res, emb)
     sample = unet.conv_out(unet.conv_act(unet.conv_norm_out(sample)))
     if skip_sample is not None:
         sample = sample + skip_sample

@@ -1,15 +1,17 @@
 """Top-k right singular vectors of region-masked Jacobians d(mask * eps)/dh, matrix-free.
 
-Block Krylov iteration on J_a^T J_a: each iteration pushes one new block per region through
-one batched JVP (``vmap`` over ``jvp``) and one batched VJP through a single reused
-linearisation. The unmasked product J V is shared by every region (only the mask differs),
-so R regions cost one stack of tangents, not R passes. Every block and its image under
-J^T J are kept, so a Rayleigh-Ritz step over the whole basis (a small eigenproblem, no extra
-products) gives ordered singular vectors and values each iteration; the basis grows by the
-residuals of the leading Ritz vectors. Keeping the history, rather than only the latest
-block as plain subspace iteration does, needs several times fewer products when singular
-values are close. The basis is capped (the least useful Ritz vectors make room), so memory
-is a few blocks of h-space vectors; the Jacobian (output size x h-dimension) is never formed.
+Krylov iteration on J_a^T J_a over panels of vectors (the literature's "block Krylov"; here a
+*block* is a region or complement, see ``localedit.core.mining``): each iteration pushes one
+new panel per region through one batched JVP (``vmap`` over ``jvp``) and one batched VJP
+through a single reused linearisation. The unmasked product J V is shared by every region
+(only the mask differs), so R regions cost one stack of tangents, not R passes. Every panel
+and its image under J^T J are kept, so a Rayleigh-Ritz step over the whole basis (a small
+eigenproblem, no extra products) gives ordered singular vectors and values each iteration;
+the basis grows by the residuals of the leading Ritz vectors. Keeping the history, rather
+than only the latest panel as plain subspace iteration does, needs several times fewer
+products when singular values are close. The basis is capped (the least useful Ritz vectors
+make room), so memory is a few panels of h-space vectors; the Jacobian (output size x
+h-dimension) is never formed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from localedit.core.forward_ad import jvp
 from localedit.core.hspace import HState, decode
 from localedit.core.models import DiffusionModel, prediction_type
 from localedit.core.parameterisation import noise_gain
+from localedit.core.subspace import largest_angle_sine, project_out
 
 
 @dataclass
@@ -39,29 +42,23 @@ class Subspace:
     seconds: float
 
 
-BASIS_BLOCKS = 8  # the basis holds at most this many blocks of k + oversample vectors
+BASIS_PANELS = 8  # the basis holds at most this many panels of k + oversample vectors
 
 
-def _orthonormal(blocks: torch.Tensor) -> torch.Tensor:
-    """QR per block: (R, d, k) -> orthonormal columns."""
-    return torch.linalg.qr(blocks).Q
+def _orthonormal(panels: torch.Tensor) -> torch.Tensor:
+    """QR per region: (R, d, k) -> orthonormal columns."""
+    return torch.linalg.qr(panels).Q
 
 
 def _extension(basis: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """Orthonormal columns spanning ``new`` outside span(basis), per block.
+    """Orthonormal columns spanning ``new`` outside span(basis), per region.
 
     Projected twice ("twice is enough"), so the columns stay orthogonal to the basis even when
     ``new`` lies almost inside it.
     """
     for _ in range(2):
-        new = _orthonormal(new - basis @ (basis.transpose(1, 2) @ new))
+        new = _orthonormal(project_out(new, basis))
     return new
-
-
-def _sin_max_angle(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """Sine of the largest principal angle between spans, per block."""
-    resid = new - old @ (old.transpose(1, 2) @ new)
-    return torch.linalg.matrix_norm(resid, ord=2).clamp(max=1.0)
 
 
 def noise_prediction_gain(model: DiffusionModel, state: HState) -> float:
@@ -82,11 +79,12 @@ class MaskedJacobian:
         self.gain = noise_prediction_gain(model, state)
         self.masks = masks.to(state.h).reshape(masks.shape[0], 1, 1, *masks.shape[-2:])
         self.h = state.h
-        eps, self._vjp = vjp(self._f, self.h)
-        self.out_shape = eps.shape
+        noise_prediction, self._vjp = vjp(self._f, self.h)
+        self.out_shape = noise_prediction.shape
         self.dim = self.h.numel()
 
     def _f(self, h: torch.Tensor) -> torch.Tensor:
+        """h -> the noise prediction eps (1, C, H, W): the U-Net's model_output times the parameterisation's gain."""
         return self.gain * decode(self.unet, h, self.state)
 
     def _jvp_one(self, v: torch.Tensor) -> torch.Tensor:
@@ -100,7 +98,7 @@ class MaskedJacobian:
         return (self.masks if regions is None else self.masks[regions]).unsqueeze(1)
 
     def jvp(self, V: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
-        """(R', d, k) -> masked outputs (R', k, *out): block a sees the mask of region ``regions[a]``."""
+        """(R', d, k) -> masked outputs (R', k, *out): slice a sees the mask of region ``regions[a]``."""
         R, d, k = V.shape
         out = vmap(self._jvp_one)(V.transpose(1, 2).reshape(R * k, d))
         return out.view(R, k, *self.out_shape) * self._masks(regions)
@@ -130,7 +128,7 @@ def subspaces(
     vectors speed convergence when s_k ~ s_{k+1}). A region stops when its top-k Ritz subspace
     moves less than ``tol`` (sine of the largest principal angle between successive iterates)
     or after ``max_iter`` iterations, and leaves the batch: the others' products get cheaper.
-    Every region starts from the same random block, so a region's result does not depend on
+    Every region starts from the same random panel, so a region's result does not depend on
     which other regions share the call: a pipeline that computes an image's regions together,
     or only the ones a resumed run still lacks, gets each region's subspace as if alone.
     """
@@ -141,20 +139,20 @@ def subspaces(
     R, d, p = masks.shape[0], op.dim, min(k + oversample, op.dim)
     if k > d:
         raise ValueError(f"k={k} exceeds the h-space dimension {d}")
-    cap = min(d, BASIS_BLOCKS * p)
+    cap = min(d, BASIS_PANELS * p)
     g = torch.Generator().manual_seed(seed)
-    block = _orthonormal(torch.randn(1, d, p, generator=g).to(state.h)).expand(R, d, p)
-    basis = images = block[:, :, :0]  # orthonormal columns and their images under J^T J, per active region
+    panel = _orthonormal(torch.randn(1, d, p, generator=g).to(state.h)).expand(R, d, p)
+    basis = images = panel[:, :, :0]  # orthonormal columns and their images under J^T J, per active region
     active = torch.arange(R)  # the regions still iterating, in the order of basis' first axis
-    top = torch.zeros(R, d, k).to(block)
-    values = torch.zeros(R, k).to(block)
+    top = torch.zeros(R, d, k).to(panel)
+    values = torch.zeros(R, k).to(panel)
     done = torch.zeros(R, dtype=torch.bool)
     iters = torch.zeros(R, dtype=torch.long)
     residual = torch.full((R,), float("nan"))
     bar = tqdm(range(max_iter), desc="subspace", disable=not progress, leave=False)
     for it in bar:
-        basis = torch.cat([basis, block], 2)
-        images = torch.cat([images, op.vjp(op.jvp(block, active), active)], 2)
+        basis = torch.cat([basis, panel], 2)
+        images = torch.cat([images, op.vjp(op.jvp(panel, active), active)], 2)
         # Rayleigh-Ritz: eigenpairs of basis^T J^T J basis, largest first, rotate the basis onto them.
         gram = basis.transpose(1, 2).double() @ images.double()
         lam, W = torch.linalg.eigh((gram + gram.transpose(1, 2)) / 2)
@@ -165,7 +163,7 @@ def subspaces(
         res = torch.linalg.vector_norm(resid[:, :, :k], dim=1)
         residual[active] = (res.max(1).values / lam_p[:, 0].clamp_min(1e-30)).cpu()
         new_top = basis[:, :, :k]
-        change = _sin_max_angle(top[active], new_top).cpu() if it else torch.ones(len(active))
+        change = largest_angle_sine(top[active], new_top).cpu() if it else torch.ones(len(active))
         # ``top`` and ``values`` come from the same Rayleigh-Ritz step, so values match vectors.
         top[active], values[active] = new_top, lam_p[:, :k].sqrt()
         iters[active] = it + 1
@@ -182,7 +180,7 @@ def subspaces(
         active, basis, images, resid = active[going], basis[going, :, :keep], images[going, :, :keep], resid[going]
         # Grow by the leading Ritz vectors' residuals: the next Krylov directions. Residuals, not
         # images: they are orthogonal to the basis already, so no cancellation spoils the projection.
-        block = _extension(basis, resid[:, :, :width])
+        panel = _extension(basis, resid[:, :, :width])
     seconds = time.perf_counter() - start
     return [
         Subspace(top[a], values[a], int(iters[a]), float(residual[a]), bool(done[a]), seconds)

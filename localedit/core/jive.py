@@ -22,43 +22,15 @@ from functools import reduce
 import numpy as np
 import torch
 
-__all__ = ["JIVE", "principal_angles"]
+from localedit.core.subspace import as_float_tensor, orthonormal_columns, project_out
+
+__all__ = ["JIVE"]
 
 # float32 right singular vectors are orthonormal to ~1e-6; anything far above that is a wrong input.
 _ORTHONORMAL_ATOL = 1e-4
 # Directions whose singular value is below this fraction of the region's largest do not move the
 # region at all, so they are left out of its signal subspace whatever the spectrum's gaps.
 _SIGNAL_RTOL = 1e-6
-
-
-def _as_float_tensor(x) -> torch.Tensor:
-    t = torch.as_tensor(x)
-    return t if t.is_floating_point() else t.to(torch.get_default_dtype())
-
-
-def principal_angles(A, B) -> torch.Tensor:
-    """Principal angles in degrees, ascending, between the spans of orthonormal bases A (d, p), B (d, q).
-
-    Returns min(p, q) angles.  Angles below 45 degrees come from sines, the rest from cosines:
-    arccos alone cannot resolve angles below ~1e-6 degrees in float64 (~0.03 in float32), which
-    is exactly the regime of subspace-recovery checks.
-    """
-    A, B = _as_float_tensor(A), _as_float_tensor(B)
-    if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[0]:
-        raise ValueError(
-            f"A and B must be (d, p) and (d, q) matrices with the same d; "
-            f"got shapes {tuple(A.shape)} and {tuple(B.shape)}"
-        )
-    dtype = torch.promote_types(A.dtype, B.dtype)
-    A64 = A.to(torch.float64)
-    B64 = B.to(device=A.device, dtype=torch.float64)
-    if A64.shape[1] < B64.shape[1]:
-        A64, B64 = B64, A64  # each of the min(p, q) columns of B gets one angle
-    cross = A64.T @ B64
-    cos = torch.linalg.svdvals(cross).clamp(max=1.0)  # descending, i.e. angles ascending
-    sin = torch.linalg.svdvals(B64 - A64 @ cross).flip(0).clamp(max=1.0)
-    radians = torch.where(cos > math.sqrt(0.5), torch.asin(sin), torch.acos(cos))
-    return torch.rad2deg(radians).to(dtype)
 
 
 def _random_direction_bound(d: int, dims: Sequence[int], n_random: int, quantile: float,
@@ -105,9 +77,8 @@ def signal_mask(s: torch.Tensor, gap: float) -> torch.Tensor:
 
 
 def _orthogonalise(basis: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
-    """Remove the joint span from `basis` and re-orthonormalise; the QR sign fix keeps columns in place."""
-    q, r = torch.linalg.qr(basis - joint @ (joint.T @ basis))
-    return q * torch.where(torch.diagonal(r) < 0, -1.0, 1.0).to(q.dtype)
+    """Remove the joint span from `basis` and re-orthonormalise, each column keeping its orientation."""
+    return orthonormal_columns(project_out(basis, joint))
 
 
 def scaled_rows(V: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -118,7 +89,7 @@ def scaled_rows(V: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 def directions_outside(X_a: torch.Tensor, P_a: torch.Tensor, shared: torch.Tensor, max_angle_deg: float):
     """Directions of span(P_a) farther than max_angle_deg from span(shared), ordered by the region's
     energy (rows X_a along them); orthonormal and orthogonal to ``shared``. Returns (basis, energies)."""
-    B, sines, _ = torch.linalg.svd(P_a - shared @ (shared.T @ P_a), full_matrices=False)
+    B, sines, _ = torch.linalg.svd(project_out(P_a, shared), full_matrices=False)
     candidates = B[:, sines > math.sin(math.radians(max_angle_deg))]
     _, sv, Wh = torch.linalg.svd(X_a @ candidates, full_matrices=False)
     return _orthogonalise(candidates @ Wh.T, shared), sv
@@ -126,7 +97,7 @@ def directions_outside(X_a: torch.Tensor, P_a: torch.Tensor, shared: torch.Tenso
 
 def _top_residual(X_a: torch.Tensor, joint: torch.Tensor, rank: int):
     """Top-`rank` right singular vectors of X_a (I - P_J): the block's strongest non-joint directions."""
-    resid = X_a - (X_a @ joint) @ joint.T
+    resid = project_out(X_a.T, joint).T  # rows of X_a outside the joint span
     _, sv, vh = torch.linalg.svd(resid, full_matrices=False)
     return _orthogonalise(vh[:rank].T, joint), sv[:rank]
 
@@ -150,7 +121,7 @@ def _iterative_jive(X: list[torch.Tensor], joint_rank: int, individual_ranks: li
         J = (U[:, :joint_rank] * S[:joint_rank]) @ Vh[:joint_rank]
         individual, individual_sv, parts = [], [], []
         for resid, r in zip((Xs - J).split(sizes), individual_ranks):
-            resid = resid - (resid @ joint) @ joint.T
+            resid = project_out(resid.T, joint).T
             u, sv, vh = torch.linalg.svd(resid, full_matrices=False)
             parts.append((u[:, :r] * sv[:r]) @ vh[:r])
             individual.append(vh[:r].T)
@@ -261,6 +232,8 @@ class JIVE:
         self.signal_ranks_ = [p.shape[1] for p in P]
         U, sigma, _ = torch.linalg.svd(torch.cat(P, dim=1), full_matrices=False)
         sq = sigma**2
+        # AJIVE's angle of each stacked component to all K signal subspaces at once (not a pairwise angle
+        # between two spans, which is localedit.core.subspace.principal_angles).
         self.principal_angles_deg_ = torch.rad2deg(torch.acos((sq / K).clamp(0, 1).sqrt())).to(dtype)
         self.joint_threshold_ = None
         if joint_rank is None:
@@ -335,7 +308,7 @@ def _validate_blocks(bases, singular_values):
         raise ValueError("bases is empty: JIVE needs at least two region subspaces")
     if len(bases) < 2:
         raise ValueError("JIVE needs at least two region subspaces to tell joint from individual")
-    raw = [_as_float_tensor(b) for b in bases]
+    raw = [as_float_tensor(b) for b in bases]
     dtype = reduce(torch.promote_types, (b.dtype for b in raw))
     device = raw[0].device
     V = []
@@ -372,7 +345,7 @@ def _validate_blocks(bases, singular_values):
         raise ValueError(f"got {len(singular_values)} singular-value vectors for {len(V)} bases")
     s = []
     for a, (sv, v) in enumerate(zip(singular_values, V)):
-        t = _as_float_tensor(sv).to(device=device, dtype=torch.float64)
+        t = as_float_tensor(sv).to(device=device, dtype=torch.float64)
         if t.shape != (v.shape[1],):
             raise ValueError(
                 f"singular_values[{a}] has shape {tuple(t.shape)}; expected ({v.shape[1]},) "

@@ -8,6 +8,17 @@ jive_individual, the paper's form).
 
 The pipeline (flows/mine.py) runs the same steps as separate tasks over many images; this
 module is the in-memory path for one image, used by ``localedit run`` and the tests.
+
+Two words mean one thing each, here and everywhere in localedit:
+
+- a **block** is what gets a subspace of its own: a region, or (our extension) a region's
+  complement, i.e. one of JIVE's data blocks (the run store's ``block`` dimension). The U-Net's
+  own parts keep diffusers' attribute names (``mid_block``, ``up_blocks``), and the Jacobian
+  engine's groups of vectors are *panels*;
+- the **split** of an image is JIVE's division of its region subspaces into a joint part and
+  individual parts (``Split``, ``split_subspaces``, the pipeline's split stage). Sets of images
+  are *subsets* (the bundled samples' "mine" and "heldout") or *image sets* (the evaluation's
+  "source" and "transfer").
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """What a U-Net predicts (noise, clean image or velocity), and conversions between them.
 
-diffusers records the choice as the scheduler's ``prediction_type``. The method is stated for
+diffusers records the choice as the scheduler's ``prediction_type``. Throughout localedit the
+U-Net's output is called ``model_output`` (diffusers' name) wherever it need not be noise;
+``eps`` and "noise prediction" mean the noise prediction itself (converted through here). The method is stated for
 the noise prediction, so everything that reads the U-Net's output (the Jacobian, x-space
 baselines) converts through here and works on any of the three.
 
@@ -33,18 +35,18 @@ def training_target(kind: str, x0: torch.Tensor, noise: torch.Tensor, alpha_bar:
     return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
 
 
-def to_x0(kind: str, output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """The clean-image estimate implied by the U-Net's output."""
+def to_x0(kind: str, model_output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The clean-image estimate implied by the U-Net's output (same shape as x_t, (n, C, H, W))."""
     check_prediction_type(kind)
     if kind == "epsilon":
-        return (x_t - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
+        return (x_t - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()
     if kind == "sample":
-        return output
-    return alpha_bar.sqrt() * x_t - (1 - alpha_bar).sqrt() * output
+        return model_output
+    return alpha_bar.sqrt() * x_t - (1 - alpha_bar).sqrt() * model_output
 
 
 def noise_gain(kind: str, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """d(noise prediction)/d(output) at fixed x_t: a scalar, so Jacobians of the output and of
+    """d(noise prediction)/d(model_output) at fixed x_t: a scalar, so Jacobians of the output and of
     the noise prediction share their singular vectors and differ only in scale (and sign)."""
     check_prediction_type(kind)
     if kind == "epsilon":

@@ -45,21 +45,21 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from localedit.core.aggregate import fix_signs
 from localedit.core.ddim import DEFAULT_STEPS, denoise
 from localedit.core.hspace import encode
 from localedit.core.models import DiffusionModel
 from localedit.core.regions import Region
+from localedit.core.subspace import fix_signs, project_out
 
 DEFAULT_COMPLEMENT_RANK = 8
 DEFAULT_DIRECTIONS = 8
 
 
 def h_cells(mask: torch.Tensor, h_shape: Sequence[int]) -> torch.Tensor:
-    """Flat 0/1 indicator (d,) of the h positions whose receptive block touches ``mask`` (H, W).
+    """Flat 0/1 indicator (d,) of the h positions whose patch of pixels touches ``mask`` (H, W).
 
     h has shape (C, h, w) with h, w a power-of-two fraction of the image; a cell belongs to the
-    region when any pixel of its block does (adaptive max pooling), for every channel.
+    region when any pixel of its patch does (adaptive max pooling), for every channel.
     """
     channels, height, width = h_shape
     pooled = F.adaptive_max_pool2d(torch.as_tensor(mask, dtype=torch.float32)[None, None], (height, width))[0, 0]
@@ -125,7 +125,7 @@ class RegionVariation:
                                  f"h cell; its variation cannot be told from the rest")
             outside = torch.linalg.svd(H * (1 - cells), full_matrices=False).U[:, : self.complement_rank]
             inside = H * cells
-            directions, variances = self._principal_axes(inside - outside @ (outside.T @ inside), n)
+            directions, variances = self._principal_axes(project_out(inside, outside), n)
             self.directions_.append(directions)
             self.variances_.append(variances)
         self.n_images_ = n

@@ -35,6 +35,7 @@ from localedit.core.mining import (
 )
 from localedit.core.models import DiffusionModel, predicted_x0
 from localedit.core.regions import Region
+from localedit.core.subspace import project_out
 
 METHODS = ("jive_individual", "jive_joint", "global", "masked", "loco_xspace", "random", "jive_complement",
            "region_variation", "region_contrast", "joint_variation")
@@ -103,7 +104,7 @@ def loco_directions(model: DiffusionModel, latent: Latent, regions: list[Region]
     out = []
     for a in range(len(regions)):
         v, rest = bases[2 * a][:, 0], bases[2 * a + 1]
-        out.append(v - rest @ (rest.T @ v))
+        out.append(project_out(v, rest))
     return out
 
 

@@ -23,6 +23,7 @@ from localedit.core.mining import DEFAULT_K, DEFAULT_T
 from localedit.core.models import DiffusionModel
 from localedit.core.regions import Region, resolve_regions
 from localedit.core.variation import fit_region_variation
+from localedit.evaluation import schema as col
 from localedit.evaluation.baselines import METHODS, Direction, method_directions
 from localedit.evaluation.layout import strip_path
 from localedit.evaluation.metrics import TARGET_CHANGE, Perceptual
@@ -105,7 +106,7 @@ def run_comparison(model: DiffusionModel, out_dir: str | Path, regions: str = "e
                    num_steps: int = DEFAULT_STEPS, perceptual: Perceptual | None = None,
                    probe: FactorProbe | None = None, notes: dict | None = None, samples: str | Path = SAMPLES_DIR,
                    jive: dict | None = None, progress: bool = False) -> dict:
-    """The method comparison on the bundled samples: mine on the mining split, transfer to held-out images.
+    """The method comparison on the bundled samples: mine on the mining subset, transfer to held-out images.
 
     Writes metrics.parquet, evaluation.json and strips/ to ``out_dir``; returns evaluation.json's content.
     """
@@ -118,9 +119,10 @@ def run_comparison(model: DiffusionModel, out_dir: str | Path, regions: str = "e
                          f"the samples have {len(mine)} and {len(held)}")
     pick = _both_eye_states(mine_factors, n_source)
     mine_x_T = invert(model, to_signed(mine.to(model.device)), num_steps)  # every mining image: region variation's data
-    source = prepare_images(model, mine[pick], mine_factors["file"][pick].tolist(), "source", num_steps,
+    source = prepare_images(model, mine[pick], mine_factors["file"][pick].tolist(), col.SOURCE_SET, num_steps,
                             x_T=mine_x_T[pick])
-    heldout = prepare_images(model, held[:n_heldout], held_factors["file"][:n_heldout].tolist(), "transfer", num_steps)
+    heldout = prepare_images(model, held[:n_heldout], held_factors["file"][:n_heldout].tolist(), col.TRANSFER_SET,
+                             num_steps)
     scorer = Scorer({r.name: r for r in region_list}, perceptual, probe, target=target)
     shared = [*variation_directions(model, mine_x_T, region_list, t, num_steps),
               *supervised_references(model, t, num_steps)]

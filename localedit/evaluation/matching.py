@@ -8,24 +8,33 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Generic, TypeVar
 
 from localedit.core.editing import ALPHA_RANGE
 
+T = TypeVar("T")  # what one measurement returns besides its change (e.g. the edited images)
+
 
 @dataclass
-class Match:
-    """The alpha found for a target change, and what the final measurement returned."""
+class Match(Generic[T]):
+    """The alpha found for a target change, and what the measurement at that alpha returned.
+
+    ``change`` is the measured change at ``alpha``; ``matched`` whether it is within tolerance of
+    the target; ``evaluations`` how many measurements the search made. ``result`` is the second
+    value ``measure(alpha)`` returned (``Match[torch.Tensor]`` from ``scoring.match_direction``:
+    the edits (n, 2, C, H, W) in [0, 1] at +alpha and -alpha), kept so the caller need not edit
+    again; None for a match passed on without it.
+    """
 
     alpha: float
     change: float
     matched: bool
     evaluations: int
-    result: object = None
+    result: T | None = None
 
 
-def match_strength(measure: Callable[[float], tuple[float, object]], target: float, alpha0: float = 0.1,
-                   rtol: float = 0.1, max_evals: int = 6, bounds: tuple[float, float] = ALPHA_RANGE) -> Match:
+def match_strength(measure: Callable[[float], tuple[float, T]], target: float, alpha0: float = 0.1,
+                   rtol: float = 0.1, max_evals: int = 6, bounds: tuple[float, float] = ALPHA_RANGE) -> Match[T]:
     """Alpha whose change ``measure(alpha)[0]`` is within ``rtol`` of ``target``: safeguarded bisection on log alpha.
 
     Before a bracket exists the change is taken as proportional to alpha (edits are nearly
@@ -39,7 +48,7 @@ def match_strength(measure: Callable[[float], tuple[float, object]], target: flo
     lo_b, hi_b = math.log(bounds[0]), math.log(bounds[1])
     log_target = math.log(target)
     lo = hi = None  # (log alpha, log change) just below / above the target
-    best: Match | None = None
+    best: Match[T] | None = None
     a = min(max(math.log(alpha0), lo_b), hi_b)
     for n in range(1, max_evals + 1):
         change, result = measure(math.exp(a))

@@ -22,6 +22,16 @@ import torch
 import torch.nn.functional as F
 
 from localedit.evaluation.lpips_weights import load_backbone
+from localedit.evaluation.schema import (
+    INSIDE_STRENGTH,
+    LOCALITY,
+    LPIPS,
+    OUTSIDE_PSNR,
+    OUTSIDE_SSIM,
+    PERCEPTUAL,
+    RANDOM_LPIPS,
+    TOTAL_CHANGE,
+)
 
 # Cap for PSNR when nothing changed, so tables and JSON stay finite.
 MAX_PSNR_DB = 100.0
@@ -118,7 +128,7 @@ def masked_ssim(original: torch.Tensor, edited: torch.Tensor, mask: torch.Tensor
 class Perceptual:
     """An LPIPS network, or the reason there is none.
 
-    ``label`` names the columns its values go to: "lpips" only for the real AlexNet weights.
+    ``label`` names the columns its values go to (``schema.PERCEPTUAL``): "lpips" only for the real AlexNet weights.
     """
 
     net: torch.nn.Module | None
@@ -145,10 +155,10 @@ class Perceptual:
     def scores(self, original: torch.Tensor, edited: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor | None]:
         """Whole-image and outside-the-mask distance, under this network's column names."""
         if self.net is None:
-            return {self.label: None, f"{self.label}_outside": None}
+            return {self.label: None, PERCEPTUAL[self.label]: None}
         dist = self.spatial(original, edited)
         outside = _masked_mean(dist[:, None], 1 - _masks(mask, len(dist))[:, 0])
-        return {self.label: dist.flatten(1).mean(1), f"{self.label}_outside": outside}
+        return {self.label: dist.flatten(1).mean(1), PERCEPTUAL[self.label]: outside}
 
 
 def _lpips_network(backbone_state: dict | None) -> torch.nn.Module:
@@ -160,7 +170,7 @@ def _lpips_network(backbone_state: dict | None) -> torch.nn.Module:
         net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, spatial=True, verbose=False)
     if backbone_state is not None:
         # torchvision keys are features.{i}.*; lpips keeps the same layers as slice{s}.{i}.*
-        slices = {idx: name for name, block in net.net.named_children() for idx, _ in block.named_children()}
+        slices = {idx: name for name, part in net.net.named_children() for idx, _ in part.named_children()}
         state = {}
         for key, value in backbone_state.items():
             parts = key.split(".")
@@ -180,21 +190,21 @@ def load_lpips(checkpoints: str | Path | None = None, port: str | Path | None = 
     """
     backbone = load_backbone(checkpoints, port)
     if backbone.state is None:
-        return Perceptual(None, "lpips", f"unavailable: {backbone.source}")
+        return Perceptual(None, LPIPS, f"unavailable: {backbone.source}")
     try:
         net = _lpips_network(backbone.state)
     except (RuntimeError, KeyError) as err:
-        return Perceptual(None, "lpips", f"unavailable: could not load AlexNet from {backbone.source}: {err}")
+        return Perceptual(None, LPIPS, f"unavailable: could not load AlexNet from {backbone.source}: {err}")
     own = [getattr(net, f"lin{i}").model[-1].weight for i in range(len(backbone.linear))]
     if not all(torch.equal(a, b) for a, b in zip(own, backbone.linear)):
-        return Perceptual(None, "lpips", f"unavailable: the LPIPS heads in {backbone.source} differ from lpips' v0.1 file")
-    return Perceptual(net, "lpips", f"LPIPS v0.1 (Zhang et al. 2018), AlexNet ImageNet backbone from {backbone.source}")
+        return Perceptual(None, LPIPS, f"unavailable: the LPIPS heads in {backbone.source} differ from lpips' v0.1 file")
+    return Perceptual(net, LPIPS, f"LPIPS v0.1 (Zhang et al. 2018), AlexNet ImageNet backbone from {backbone.source}")
 
 
 def random_backbone_lpips(seed: int = 0) -> Perceptual:
     """LPIPS heads on a *random* AlexNet: tests of the plumbing only, never a fidelity number."""
     torch.manual_seed(seed)
-    return Perceptual(_lpips_network(None), "random_backbone_lpips",
+    return Perceptual(_lpips_network(None), RANDOM_LPIPS,
                       "random AlexNet backbone: plumbing test only, not LPIPS")
 
 
@@ -203,11 +213,11 @@ def image_metrics(original: torch.Tensor, edited: torch.Tensor, mask: torch.Tens
     """Every per-image metric of an edit against one region, as columns (n,)."""
     outside = 1 - _masks(mask, len(original))[:, 0]
     columns = {
-        "total_change": total_change(original, edited),
-        "locality": locality(original, edited, mask),
-        "inside_strength": inside_strength(original, edited, mask),
-        "outside_psnr": outside_psnr(original, edited, mask),
-        "outside_ssim": masked_ssim(original, edited, outside),
+        TOTAL_CHANGE: total_change(original, edited),
+        LOCALITY: locality(original, edited, mask),
+        INSIDE_STRENGTH: inside_strength(original, edited, mask),
+        OUTSIDE_PSNR: outside_psnr(original, edited, mask),
+        OUTSIDE_SSIM: masked_ssim(original, edited, outside),
     }
     if perceptual is not None:
         columns.update(perceptual.scores(original, edited, mask))

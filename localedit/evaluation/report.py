@@ -23,6 +23,7 @@ import pandas as pd  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402
 
 from localedit.bundled.references import REFERENCE_PREFIX  # noqa: E402
+from localedit.evaluation import schema as col  # noqa: E402
 from localedit.evaluation.baselines import METHODS  # noqa: E402
 from localedit.evaluation.layout import METRICS_FILE, REPORT_FILE, STRIPS_DIR, SUMMARY_FILE, strip_path  # noqa: E402
 from localedit.utils.atomic import write_atomic
@@ -43,17 +44,23 @@ def method_label(method: str) -> str:
     return LABELS.get(method, method)
 
 
-# (column, header, decimals) of the method table; each median is shown with its interval.
+SOURCE, TRANSFER = col.SOURCE_SET, col.TRANSFER_SET
+# (metric, image set, header, decimals) of the method table; each median is shown with its interval.
 METHOD_COLUMNS = [
-    ("locality", "locality", 2), ("transfer_locality", "transfer locality", 2),
-    ("transfer_locality_best_sign", "transfer locality, better sign", 2),
-    ("transfer_factor_purity_best_sign", "transfer purity, better sign", 2),
-    ("outside_psnr", "outside PSNR dB", 1), ("outside_ssim", "outside SSIM", 3), ("lpips", "LPIPS", 4),
-    ("lpips_outside", "LPIPS outside", 4), ("factor_purity", "factor purity", 2),
-    ("transfer_factor_purity", "transfer purity", 2), ("transfer_global_purity", "transfer global-factor purity", 2),
-    ("inside_strength", "inside RMS", 3),
-    ("transfer_total_change", "transfer RMS change", 3),
+    (col.LOCALITY, SOURCE, "locality", 2), (col.LOCALITY, TRANSFER, "transfer locality", 2),
+    (col.LOCALITY_BEST_SIGN, TRANSFER, "transfer locality, better sign", 2),
+    (col.FACTOR_PURITY_BEST_SIGN, TRANSFER, "transfer purity, better sign", 2),
+    (col.OUTSIDE_PSNR, SOURCE, "outside PSNR dB", 1), (col.OUTSIDE_SSIM, SOURCE, "outside SSIM", 3),
+    (col.LPIPS, SOURCE, "LPIPS", 4), (col.LPIPS_OUTSIDE, SOURCE, "LPIPS outside", 4),
+    (col.FACTOR_PURITY, SOURCE, "factor purity", 2), (col.FACTOR_PURITY, TRANSFER, "transfer purity", 2),
+    (col.GLOBAL_PURITY, TRANSFER, "transfer global-factor purity", 2),
+    (col.INSIDE_STRENGTH, SOURCE, "inside RMS", 3),
+    (col.TOTAL_CHANGE, TRANSFER, "transfer RMS change", 3),
 ]
+# (metric, image set, decimals) of the per-direction table: medians only.
+DIRECTION_COLUMNS = [(col.LOCALITY, SOURCE, 2), (col.LOCALITY, TRANSFER, 2), (col.OUTSIDE_PSNR, SOURCE, 1),
+                     (col.OUTSIDE_PSNR, TRANSFER, 1), (col.LPIPS, SOURCE, 4), (col.LPIPS_OUTSIDE, SOURCE, 4),
+                     (col.FACTOR_PURITY, SOURCE, 2), (col.FACTOR_PURITY, TRANSFER, 2)]
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
 h1{margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
@@ -96,21 +103,21 @@ def _ordered(methods) -> list[str]:
 
 def _by_method_plot(rows: pd.DataFrame, metric: str, title: str, ylabel: str) -> str | None:
     """Box plot of a metric per method, source and transfer rows side by side."""
-    data = rows[rows["kind"] == "matched"]
+    data = rows[rows[col.KIND] == col.KIND_MATCHED]
     if metric not in data or pd.to_numeric(data[metric], errors="coerce").notna().sum() == 0:
         return None
-    methods = _ordered(data["method"])
+    methods = _ordered(data[col.METHOD])
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    for offset, (split, color) in zip((-0.18, 0.18), (("source", "#4c72b0"), ("transfer", "#dd8452"))):
-        part = data[data["split"] == split]
-        values = [pd.to_numeric(part.loc[part["method"] == m, metric], errors="coerce").dropna() for m in methods]
+    for offset, (image_set, color) in zip((-0.18, 0.18), ((SOURCE, "#4c72b0"), (TRANSFER, "#dd8452"))):
+        part = data[data[col.IMAGE_SET] == image_set]
+        values = [pd.to_numeric(part.loc[part[col.METHOD] == m, metric], errors="coerce").dropna() for m in methods]
         positions = [i + offset for i, v in enumerate(values) if len(v)]
         if positions:
             box = ax.boxplot([v for v in values if len(v)], positions=positions, widths=0.32, patch_artist=True,
                              showfliers=False)
             for patch in box["boxes"]:
                 patch.set(facecolor=color, alpha=0.6)
-            ax.plot([], [], color=color, lw=8, alpha=0.6, label=split)
+            ax.plot([], [], color=color, lw=8, alpha=0.6, label=image_set)
     ax.set_xticks(range(len(methods)), [method_label(m) for m in methods], fontsize=7, rotation=25, ha="right")
     ax.set(title=title, ylabel=ylabel)
     ax.legend(fontsize=8)
@@ -120,12 +127,12 @@ def _by_method_plot(rows: pd.DataFrame, metric: str, title: str, ylabel: str) ->
 
 def _sweep_plot(rows: pd.DataFrame) -> str | None:
     """Median locality against the multiple of the matched alpha (the sweep rows)."""
-    sweep = rows[rows["kind"] == "sweep"]
+    sweep = rows[rows[col.KIND] == col.KIND_SWEEP]
     if sweep.empty:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for method in _ordered(sweep["method"]):
-        curve = sweep[sweep["method"] == method].groupby("alpha_mult")["locality"].median()
+    for method in _ordered(sweep[col.METHOD]):
+        curve = sweep[sweep[col.METHOD] == method].groupby(col.ALPHA_MULT)[col.LOCALITY].median()
         ax.plot(curve.index, curve.values, marker="o", label=method_label(method))
     ax.axvline(0, color="#bbb", lw=0.8)
     ax.set(title="locality vs alpha (held-out strip images)", xlabel="alpha / matched alpha", ylabel="median locality")
@@ -136,15 +143,16 @@ def _sweep_plot(rows: pd.DataFrame) -> str | None:
 
 def _factor_plot(rows: pd.DataFrame) -> str | None:
     """Median |standardised factor change| per method (rows) and generator factor (columns)."""
-    columns = [c for c in rows.columns if c.startswith("factor_") and c != "factor_purity"]
-    data = rows[rows["kind"] == "matched"].drop_duplicates(["direction", "image", "alpha"])
+    columns = col.factor_columns(rows.columns)
+    data = rows[rows[col.KIND] == col.KIND_MATCHED].drop_duplicates([col.DIRECTION, col.IMAGE, col.ALPHA])
     if not columns or data.empty:
         return None
-    methods = _ordered(data["method"])
-    table = np.array([[data.loc[data["method"] == m, c].abs().median() for c in columns] for m in methods])
+    methods = _ordered(data[col.METHOD])
+    table = np.array([[data.loc[data[col.METHOD] == m, c].abs().median() for c in columns] for m in methods])
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(methods) + 1.6))
     im = ax.imshow(table, cmap="magma_r", aspect="auto")
-    ax.set_xticks(range(len(columns)), [c.removeprefix("factor_") for c in columns], rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(range(len(columns)), [c.removeprefix(col.FACTOR_PREFIX) for c in columns], rotation=45, ha="right",
+                  fontsize=8)
     ax.set_yticks(range(len(methods)), [method_label(m) for m in methods], fontsize=8)
     fig.colorbar(im, ax=ax, label="median |change| (factor std)")
     ax.set_title("which generator factors the edits change (factor probe)")
@@ -160,46 +168,53 @@ def _cell(value, decimals: int, low=None, high=None) -> str:
     return f'<td data-v="{value}">{text}</td>'
 
 
+def _stat(record: dict, metric: str, image_set: str, stat: str = col.MEDIAN):
+    """One statistic of a summary record (``evaluation.json``), None where there is none."""
+    return record.get(col.summary_key(metric, image_set, stat))
+
+
+def _image_counts(record: dict, separator: str = " / ") -> str:
+    """'source / transfer' image counts of a summary record."""
+    return separator.join(str(record.get(col.summary_key(col.N_IMAGES, s)) or 0) for s in col.IMAGE_SETS)
+
+
 def _method_table(methods: dict) -> str:
-    head = "".join(f"<th>{h}</th>" for _, h, _ in METHOD_COLUMNS)
+    head = "".join(f"<th>{h}</th>" for _, _, h, _ in METHOD_COLUMNS)
     body = []
     for name in _ordered(methods):
         m = methods[name]
-        cells = "".join(_cell(m.get(f"{c}_median"), d, m.get(f"{c}_ci_low"), m.get(f"{c}_ci_high"))
-                        for c, _, d in METHOD_COLUMNS)
-        n = f"{m.get('n_images') or 0} / {m.get('transfer_n_images') or 0}"
-        body.append(f"<tr><td>{html.escape(method_label(name))}</td>{cells}<td>{n}</td>"
-                    f"{_cell(m.get('alpha_median'), 3)}</tr>")
+        cells = "".join(_cell(_stat(m, c, s), d, _stat(m, c, s, col.CI_LOW), _stat(m, c, s, col.CI_HIGH))
+                        for c, s, _, d in METHOD_COLUMNS)
+        body.append(f"<tr><td>{html.escape(method_label(name))}</td>{cells}<td>{_image_counts(m)}</td>"
+                    f"{_cell(m.get(col.ALPHA_MEDIAN), 3)}</tr>")
     return (f'<table class="sortable"><thead><tr><th>method</th>{head}<th>images src / transfer</th>'
             f'<th>alpha</th></tr></thead><tbody>{"".join(body)}</tbody></table>')
 
 
 def _direction_table(directions: list[dict]) -> str:
-    cols = [("locality", 2), ("transfer_locality", 2), ("outside_psnr", 1), ("transfer_outside_psnr", 1),
-            ("lpips", 4), ("lpips_outside", 4), ("factor_purity", 2), ("transfer_factor_purity", 2)]
-    head = "".join(f"<th>{c.replace('_', ' ')}</th>" for c, _ in cols)
+    head = "".join(f"<th>{col.summary_key(c, s).replace('_', ' ')}</th>" for c, s, _ in DIRECTION_COLUMNS)
     body = []
     for d in directions:
-        cells = "".join(_cell(d.get(f"{c}_median"), k) for c, k in cols)
-        body.append(f"<tr><td>{html.escape(str(d['direction']))}</td><td>{html.escape(str(d['method']))}</td>"
-                    f"<td>{html.escape(str(d.get('direction_region') or 'all'))}</td>{_cell(d.get('alpha_median'), 3)}"
-                    f"{cells}</tr>")
+        cells = "".join(_cell(_stat(d, c, s), k) for c, s, k in DIRECTION_COLUMNS)
+        body.append(f"<tr><td>{html.escape(str(d[col.DIRECTION]))}</td><td>{html.escape(str(d[col.METHOD]))}</td>"
+                    f"<td>{html.escape(str(d.get(col.DIRECTION_REGION) or 'all'))}</td>"
+                    f"{_cell(d.get(col.ALPHA_MEDIAN), 3)}{cells}</tr>")
     return (f'<table class="sortable"><thead><tr><th>direction</th><th>method</th><th>region</th><th>alpha</th>'
             f'{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
 
 
 def _strips(run_dir: Path, directions: list[dict]) -> str:
-    by_slug = {strip_path(run_dir, str(d["direction"])).stem: d for d in directions}
+    by_slug = {strip_path(run_dir, str(d[col.DIRECTION])).stem: d for d in directions}
     items = []
     for path in sorted((run_dir / STRIPS_DIR).glob("*.png")):
         d = by_slug.get(path.stem)
         if d is None:  # a strip the evaluation did not score: nothing to say beyond its name
             caption = html.escape(path.stem)
         else:
-            alpha = d.get("alpha_median")
-            label = f": {d['label']} {d['label_share']:.2f}" if d.get("label") and d.get("label_share") is not None else ""
-            caption = html.escape(f"{method_label(d['method'])} | {d.get('direction_region') or 'all regions'}"
-                                  f" | {d['direction']}{label}" + ("" if alpha is None else f" | matched alpha {alpha:.3g}"))
+            alpha, label, share = d.get(col.ALPHA_MEDIAN), d.get(col.LABEL), d.get(col.LABEL_SHARE)
+            label = f": {label} {share:.2f}" if label and share is not None else ""
+            caption = html.escape(f"{method_label(d[col.METHOD])} | {d.get(col.DIRECTION_REGION) or 'all regions'}"
+                                  f" | {d[col.DIRECTION]}{label}" + ("" if alpha is None else f" | matched alpha {alpha:.3g}"))
         items.append(f'<div class="strip"><div>{caption}</div><img src="{_data_uri(path.read_bytes())}"></div>')
     return "\n".join(items) or "<p>No strips were written.</p>"
 
@@ -222,14 +237,14 @@ def _model_card(source: str | None) -> str:
 def write_report(run_dir: str | Path) -> Path:
     """Render ``run_dir/report.html`` from the evaluation's files; returns its path."""
     run_dir = Path(run_dir)
-    rows = pd.read_parquet(run_dir / METRICS_FILE)
+    rows = col.read_rows(run_dir / METRICS_FILE)
     result = json.loads((run_dir / SUMMARY_FILE).read_text())
     settings, methods, directions = result["settings"], result["methods"], result["directions"]
-    plots = [_by_method_plot(rows, "locality", "locality at matched strength", "share of change inside region"),
-             _by_method_plot(rows, "lpips_outside", "LPIPS outside the region", "LPIPS (AlexNet)"),
-             _by_method_plot(rows, "outside_psnr", "change outside the region", "outside PSNR (dB)"),
+    plots = [_by_method_plot(rows, col.LOCALITY, "locality at matched strength", "share of change inside region"),
+             _by_method_plot(rows, col.LPIPS_OUTSIDE, "LPIPS outside the region", "LPIPS (AlexNet)"),
+             _by_method_plot(rows, col.OUTSIDE_PSNR, "change outside the region", "outside PSNR (dB)"),
              _sweep_plot(rows), _factor_plot(rows)]
-    lpips_note = settings.get("lpips_note", "")
+    lpips_note = settings.get(col.LPIPS_NOTE, "")
     missing = lpips_note.startswith("unavailable")
     notes = [n for n in (lpips_note if missing else "", settings.get("probe_note", "")) if n]
     shown = {k: v for k, v in settings.items() if k not in ("lpips_note", "probe_note")}
@@ -260,18 +275,20 @@ def text_table(methods: dict) -> str:
     def num(value, decimals):
         return "-" if value is None else f"{value:.{decimals}f}"
 
-    def with_ci(m, key, decimals):
-        ci = "" if m.get(f"{key}_ci_low") is None else f" [{num(m[f'{key}_ci_low'], decimals)}, {num(m[f'{key}_ci_high'], decimals)}]"
-        return num(m.get(f"{key}_median"), decimals) + ci
+    def with_ci(m, metric, image_set, decimals):
+        low, high = _stat(m, metric, image_set, col.CI_LOW), _stat(m, metric, image_set, col.CI_HIGH)
+        ci = "" if low is None else f" [{num(low, decimals)}, {num(high, decimals)}]"
+        return num(_stat(m, metric, image_set), decimals) + ci
 
     header = ["method", "locality", "transfer locality", "best sign", "purity best", "out PSNR", "out SSIM", "LPIPS", "LPIPS out", "purity", "alpha",
               "images"]
-    lines = [[name, with_ci(m, "locality", 2), with_ci(m, "transfer_locality", 2),
-              with_ci(m, "transfer_locality_best_sign", 2), num(m.get("transfer_factor_purity_best_sign_median"), 2),
-              num(m.get("outside_psnr_median"), 1),
-              num(m.get("outside_ssim_median"), 3), num(m.get("lpips_median"), 4), num(m.get("lpips_outside_median"), 4),
-              num(m.get("factor_purity_median"), 2), num(m.get("alpha_median"), 3),
-              f"{m.get('n_images') or 0}/{m.get('transfer_n_images') or 0}"] for name, m in
+    lines = [[name, with_ci(m, col.LOCALITY, SOURCE, 2), with_ci(m, col.LOCALITY, TRANSFER, 2),
+              with_ci(m, col.LOCALITY_BEST_SIGN, TRANSFER, 2), num(_stat(m, col.FACTOR_PURITY_BEST_SIGN, TRANSFER), 2),
+              num(_stat(m, col.OUTSIDE_PSNR, SOURCE), 1),
+              num(_stat(m, col.OUTSIDE_SSIM, SOURCE), 3), num(_stat(m, col.LPIPS, SOURCE), 4),
+              num(_stat(m, col.LPIPS_OUTSIDE, SOURCE), 4),
+              num(_stat(m, col.FACTOR_PURITY, SOURCE), 2), num(m.get(col.ALPHA_MEDIAN), 3),
+              _image_counts(m, "/")] for name, m in
              ((name, methods[name]) for name in _ordered(methods))]
     widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
     return "\n".join("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))

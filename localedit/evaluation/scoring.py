@@ -2,10 +2,10 @@
 
 Every direction is first given the strength (alpha) at which its edits change the image by a
 fixed amount (RMS pixel change ``target``, averaged over +alpha and -alpha; ``matching``). Rows
-are then scored at +-alpha: ``split="source"`` on the image a direction was found on,
-``split="transfer"`` on held-out images (the paper's claim is that directions transfer). The
+are then scored at +-alpha: ``image_set="source"`` on the image a direction was found on,
+``image_set="transfer"`` on held-out images (the paper's claim is that directions transfer). The
 reference for every metric is the unedited reconstruction (alpha = 0), so inversion error never
-counts as edit.
+counts as edit. The rows' columns are ``localedit.evaluation.schema``'s.
 
 Factor purity reads edits with the factor probe: the share of the predicted (standardised,
 squared) factor change that falls on the factors of the direction's region.
@@ -28,6 +28,7 @@ from localedit.core.ddim import DEFAULT_STEPS, EditSchedule, denoise, invert
 from localedit.core.editing import edit, write_strip
 from localedit.core.models import DiffusionModel
 from localedit.core.regions import Region
+from localedit.evaluation import schema as col
 from localedit.evaluation.baselines import Direction
 from localedit.evaluation.matching import Match, match_strength
 from localedit.evaluation.metrics import TARGET_CHANGE, Perceptual, image_metrics, total_change
@@ -41,7 +42,7 @@ class ImageSet:
     """Images with their DDIM latents and unedited reconstructions, inverted once and shared by every direction."""
 
     keys: list[str]
-    split: str
+    image_set: str  # schema.SOURCE_SET or schema.TRANSFER_SET: the rows' IMAGE_SET
     images: torch.Tensor
     x_T: torch.Tensor
     reference: torch.Tensor
@@ -55,7 +56,7 @@ class ImageSet:
         return self._x_t[t]
 
 
-def prepare_images(model: DiffusionModel, images: torch.Tensor | None, keys: Sequence[str], split: str,
+def prepare_images(model: DiffusionModel, images: torch.Tensor | None, keys: Sequence[str], image_set: str,
                    num_steps: int = DEFAULT_STEPS, x_T: torch.Tensor | None = None) -> ImageSet:
     """Invert images (n, C, H, W in [0, 1]) unless their ``x_T`` is given, and reconstruct them: the alpha = 0 reference.
 
@@ -69,7 +70,7 @@ def prepare_images(model: DiffusionModel, images: torch.Tensor | None, keys: Seq
         raise ValueError(f"{len(keys)} keys for {len(x_T)} images")
     reference = to_unit(denoise(model, x_T.to(model.device), num_steps))
     images = reference if images is None else images.cpu()
-    return ImageSet(list(keys), split, images, x_T.cpu(), reference, num_steps)
+    return ImageSet(list(keys), image_set, images, x_T.cpu(), reference, num_steps)
 
 
 def apply_direction(model: DiffusionModel, direction: Direction, images: ImageSet, index: Sequence[int],
@@ -104,44 +105,46 @@ class Scorer:
 
 
 def score_edits(direction: Direction, images: ImageSet, index: Sequence[int], edited: torch.Tensor,
-                alphas: Sequence[float], scorer: Scorer, match: Match, kind: str = "matched") -> pd.DataFrame:
-    """One row per (image, alpha, scored region): a region-tied direction is scored on its region,
-    a region-free one (joint, global, random) on every region."""
+                alphas: Sequence[float], scorer: Scorer, match: Match, kind: str = col.KIND_MATCHED) -> pd.DataFrame:
+    """One row per (image, alpha, scored region), columns as ``schema.check_rows`` wants: a region-tied
+    direction is scored on its region, a region-free one (joint, global, random) on every region.
+
+    ``edited`` (n, m, C, H, W) in [0, 1]: images[index] edited at each of the m ``alphas``."""
     index = list(index)
     n, m = edited.shape[:2]
     original = images.reference[index].repeat_interleave(m, 0)
     flat = edited.reshape(n * m, *edited.shape[2:])
     alpha = np.tile(np.asarray(alphas, float), n)
     ids = pd.DataFrame({
-        "direction": direction.id, "method": direction.method, "direction_region": direction.region,
-        "space": direction.space, "source": direction.source, "split": images.split,
-        "label": direction.info.get("label", ""), "label_share": direction.info.get("label_share", math.nan),
-        "image": np.repeat([images.keys[i] for i in index], m), "kind": kind, "alpha": alpha,
-        "alpha_mult": alpha / match.alpha, "matched_alpha": match.alpha, "matched": match.matched,
-        "target_change": scorer.target,
+        col.DIRECTION: direction.id, col.METHOD: direction.method, col.DIRECTION_REGION: direction.region,
+        col.SPACE: direction.space, col.SOURCE: direction.source, col.IMAGE_SET: images.image_set,
+        col.LABEL: direction.info.get(col.LABEL, ""), col.LABEL_SHARE: direction.info.get(col.LABEL_SHARE, math.nan),
+        col.IMAGE: np.repeat([images.keys[i] for i in index], m), col.KIND: kind, col.ALPHA: alpha,
+        col.ALPHA_MULT: alpha / match.alpha, col.MATCHED_ALPHA: match.alpha, col.MATCHED: match.matched,
+        col.TARGET_CHANGE: scorer.target,
     })
     changes = factor_change(scorer.probe, original, flat) if scorer.probe is not None else None
     frames = []
     for name in [direction.region] if direction.region else list(scorer.regions):
         metrics = image_metrics(original, flat, scorer.regions[name].mask, scorer.perceptual)
-        frame = ids.assign(region=name, **{k: (None if v is None else v.numpy()) for k, v in metrics.items()})
+        frame = ids.assign(**{col.REGION: name}, **{k: (None if v is None else v.numpy()) for k, v in metrics.items()})
         if changes is not None:
-            frame = frame.assign(factor_purity=factor_purity(changes, region_factors(name)),
-                                 global_purity=factor_purity(changes, scope_factors(GLOBAL_SCOPE)),
-                                 **{f"factor_{c}": changes[c].to_numpy() for c in changes.columns})
+            frame = frame.assign(**{col.FACTOR_PURITY: factor_purity(changes, region_factors(name)),
+                                    col.GLOBAL_PURITY: factor_purity(changes, scope_factors(GLOBAL_SCOPE))},
+                                 **{col.factor_column(c): changes[c].to_numpy() for c in changes.columns})
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
 def match_direction(model: DiffusionModel, direction: Direction, images: ImageSet, index: Sequence[int],
-                    scorer: Scorer, **options) -> Match:
+                    scorer: Scorer, **options) -> Match[torch.Tensor]:
     """Strength matching on images[index]: change = mean RMS change of the +alpha and -alpha edits.
 
-    ``Match.result`` holds the final edits (n, 2, C, H, W), so the matching images need no second pass.
+    ``Match.result`` holds the final edits (n, 2, C, H, W) in [0, 1], so the matching images need no second pass.
     """
     reference = images.reference[list(index)]
 
-    def measure(alpha: float):
+    def measure(alpha: float) -> tuple[float, torch.Tensor]:
         edited = apply_direction(model, direction, images, index, (alpha, -alpha), scorer.schedule)
         return float(total_change(reference.repeat_interleave(2, 0), edited.flatten(0, 1)).mean()), edited
 
@@ -158,7 +161,7 @@ def score_direction(model: DiffusionModel, direction: Direction, images: ImageSe
 
 def sweep_direction(model: DiffusionModel, direction: Direction, images: ImageSet, index: Sequence[int],
                     match: Match, scorer: Scorer, strip: str | Path | None = None) -> pd.DataFrame:
-    """Rows at ``SWEEP`` multiples of alpha (kind "sweep"); with ``strip``, their edit strip, region outlined."""
+    """Rows at ``SWEEP`` multiples of alpha (kind ``schema.KIND_SWEEP``); with ``strip``, their edit strip, region outlined."""
     index = list(index)
     sweep = [s * match.alpha for s in SWEEP]
     edited = apply_direction(model, direction, images, index, sweep, scorer.schedule)
@@ -168,7 +171,7 @@ def sweep_direction(model: DiffusionModel, direction: Direction, images: ImageSe
         shown = torch.cat([edited[:, :k], images.reference[index][:, None], edited[:, k:]], 1)
         mask = scorer.regions[direction.region].mask if direction.region else None
         write_strip(strip, images.images[index], shown, [*SWEEP[:k], 0.0, *SWEEP[k:]], mask=mask)  # labelled in multiples
-    return score_edits(direction, images, index, edited, sweep, scorer, match, kind="sweep")
+    return score_edits(direction, images, index, edited, sweep, scorer, match, kind=col.KIND_SWEEP)
 
 
 def evaluate_direction(model: DiffusionModel, direction: Direction, scorer: Scorer,

@@ -14,11 +14,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from localedit.evaluation import schema as col
 from localedit.evaluation.layout import METRICS_FILE, SUMMARY_FILE
 from localedit.utils.atomic import write_atomic
-
-SUMMARY_METRICS = ("locality", "outside_psnr", "outside_ssim", "inside_strength", "lpips", "lpips_outside",
-                   "factor_purity", "global_purity", "total_change", "locality_best_sign", "factor_purity_best_sign")
 
 
 def bootstrap_median(values, groups, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
@@ -44,37 +42,37 @@ def bootstrap_median(values, groups, n_boot: int = 1000, level: float = 0.95, se
 def with_best_sign(matched: pd.DataFrame) -> pd.DataFrame:
     """Add ``locality_best_sign`` and ``factor_purity_best_sign``: per (direction, image, region), the values of
     the more local of the +alpha and -alpha edits (an eye-opening direction cannot also close closed eyes)."""
-    keys = ["direction", "image", "region", "split"]
-    locality = pd.to_numeric(matched["locality"], errors="coerce")
+    keys = [col.DIRECTION, col.IMAGE, col.REGION, col.IMAGE_SET]
+    locality = pd.to_numeric(matched[col.LOCALITY], errors="coerce")
     best = locality.groupby([matched[k] for k in keys]).transform("idxmax")
-    out = matched.assign(locality_best_sign=locality.groupby([matched[k] for k in keys]).transform("max"))
-    if "factor_purity" in matched:
-        purity = pd.to_numeric(matched["factor_purity"], errors="coerce")
-        out = out.assign(factor_purity_best_sign=purity.reindex(best.fillna(-1).astype(int)).to_numpy())
+    out = matched.assign(**{col.LOCALITY_BEST_SIGN: locality.groupby([matched[k] for k in keys]).transform("max")})
+    if col.FACTOR_PURITY in matched:
+        purity = pd.to_numeric(matched[col.FACTOR_PURITY], errors="coerce")
+        out = out.assign(**{col.FACTOR_PURITY_BEST_SIGN: purity.reindex(best.fillna(-1).astype(int)).to_numpy()})
     return out
 
 
-def summarize(rows: pd.DataFrame, by: Sequence[str] = ("method",), intervals: bool = True) -> pd.DataFrame:
+def summarize(rows: pd.DataFrame, by: Sequence[str] = (col.METHOD,), intervals: bool = True) -> pd.DataFrame:
     """Medians (and image-bootstrap intervals) of the matched rows per group, source and transfer side by side."""
-    matched = with_best_sign(rows[rows["kind"] == "matched"])
+    matched = with_best_sign(rows[rows[col.KIND] == col.KIND_MATCHED])
     records = []
     for key, group in matched.groupby(list(by), dropna=False, sort=False):
         record = dict(zip(by, key if isinstance(key, tuple) else (key,)))
-        for split, prefix in (("source", ""), ("transfer", "transfer_")):
-            part = group[group["split"] == split]
-            record[f"{prefix}n_rows"] = len(part)
-            record[f"{prefix}n_images"] = int(part["image"].nunique())
-            for metric in SUMMARY_METRICS:
+        for image_set in col.IMAGE_SETS:
+            part = group[group[col.IMAGE_SET] == image_set]
+            record[col.summary_key(col.N_ROWS, image_set)] = len(part)
+            record[col.summary_key(col.N_IMAGES, image_set)] = int(part[col.IMAGE].nunique())
+            for metric in col.SUMMARY_METRICS:
                 values = pd.to_numeric(part[metric], errors="coerce") if metric in part else pd.Series(dtype=float)
                 if intervals:
-                    med, lo, hi = bootstrap_median(values, part["image"])
-                    record.update({f"{prefix}{metric}_median": med, f"{prefix}{metric}_ci_low": lo,
-                                   f"{prefix}{metric}_ci_high": hi})
+                    stats = zip((col.MEDIAN, col.CI_LOW, col.CI_HIGH), bootstrap_median(values, part[col.IMAGE]))
+                    record.update({col.summary_key(metric, image_set, stat): value for stat, value in stats})
                 else:
-                    record[f"{prefix}{metric}_median"] = float(values.median()) if values.notna().any() else math.nan
-        record["n_directions"] = int(group["direction"].nunique())
-        record["alpha_median"] = float(group["matched_alpha"].median())
-        record["matched_share"] = float(group.drop_duplicates("direction")["matched"].mean())
+                    record[col.summary_key(metric, image_set, col.MEDIAN)] = (
+                        float(values.median()) if values.notna().any() else math.nan)
+        record[col.N_DIRECTIONS] = int(group[col.DIRECTION].nunique())
+        record[col.ALPHA_MEDIAN] = float(group[col.MATCHED_ALPHA].median())
+        record[col.MATCHED_SHARE] = float(group.drop_duplicates(col.DIRECTION)[col.MATCHED].mean())
         records.append(record)
     return pd.DataFrame.from_records(records)
 
@@ -95,14 +93,12 @@ def comparison_json(summary: pd.DataFrame, lpips_note: str, expected: Sequence[s
     """
     methods = {}
     for record in summary.to_dict("records"):
-        name = record.pop("method")
-        methods[name] = {k: _clean(v) for k, v in record.items()} | {"lpips_note": lpips_note}
-    empty = dict.fromkeys((c for c in summary.columns if c != "method"), None) | {"n_directions": 0}
+        name = record.pop(col.METHOD)
+        methods[name] = {k: _clean(v) for k, v in record.items()} | {col.LPIPS_NOTE: lpips_note}
+    empty = dict.fromkeys((c for c in summary.columns if c != col.METHOD), None) | {col.N_DIRECTIONS: 0}
     for name in expected:
-        methods.setdefault(name, empty | {"lpips_note": lpips_note, "note": "no direction of this method was found"})
+        methods.setdefault(name, empty | {col.LPIPS_NOTE: lpips_note, col.NOTE: "no direction of this method was found"})
     return {"methods": methods}
-
-
 
 
 def save_results(out_dir: str | Path, rows: pd.DataFrame, settings: dict, methods: Sequence[str] = ()) -> dict:
@@ -114,8 +110,8 @@ def save_results(out_dir: str | Path, rows: pd.DataFrame, settings: dict, method
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = comparison_json(summarize(rows), settings.get("lpips_note", ""), methods)
-    keys = ("direction", "method", "direction_region", "space", "source", *(c for c in ("label", "label_share") if c in rows))
+    summary = comparison_json(summarize(rows), settings.get(col.LPIPS_NOTE, ""), methods)
+    keys = [c for c in col.DIRECTION_KEYS if c in rows]
     per_direction = summarize(rows, by=keys, intervals=False)
     result = {"settings": settings, **summary,
               "directions": [{k: _clean(v) for k, v in r.items()} for r in per_direction.to_dict("records")]}

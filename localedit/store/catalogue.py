@@ -45,6 +45,7 @@ from localedit.core.hspace import encode
 from localedit.core.models import DiffusionModel
 from localedit.core.regions import Region
 from localedit.core.variation import RegionVariation
+from localedit.evaluation import schema as col  # the label columns the evaluation's rows carry on
 from localedit.evaluation.labels import Reading, closest_reference, read_edits
 from localedit.store.runs import RunStore
 from localedit.utils.atomic import write_atomic
@@ -62,7 +63,7 @@ def joint_region(regions) -> str:
 
 
 COLUMNS = ["id", "region", "kind", "method", "rank", "singular_value", "consistency", "support", "n_images",
-           "vector", "t", "label", "label_share", "edit_locality", "edit_purity", "edit_alpha", "reference",
+           "vector", "t", col.LABEL, col.LABEL_SHARE, "edit_locality", "edit_purity", "edit_alpha", "reference",
            "reference_cos", "model_fingerprint", "run_id", "created_at"]
 LABEL_IMAGES = 4  # run images edited to read each direction (two were too few: the reading then disagreed with held-out faces)
 LABEL_RANKS = 2  # directions of each local family read (label, locality, purity); lower ranks are left unread
@@ -227,8 +228,8 @@ def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support
     created_at = pd.Timestamp(datetime.now(timezone.utc))
     nothing = Reading("", float("nan"), float("nan"), float("nan"), float("nan"))
     rows = [{"id": id_, "region": region, "kind": "joint" if method in JOINT_METHODS else "individual", "method": method,
-             "rank": rank, **stats, "vector": i, "t": config.t, "label": reading.label,
-             "label_share": reading.label_share, "edit_locality": reading.locality, "edit_purity": reading.purity,
+             "rank": rank, **stats, "vector": i, "t": config.t, col.LABEL: reading.label,
+             col.LABEL_SHARE: reading.label_share, "edit_locality": reading.locality, "edit_purity": reading.purity,
              "edit_alpha": reading.alpha, "reference": ref,
              "reference_cos": cos, "model_fingerprint": config.model_fingerprint, "run_id": store.run_id,
              "created_at": created_at}
@@ -237,7 +238,7 @@ def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support
     frame = pd.DataFrame(rows, columns=COLUMNS)
     path = store.run_dir / CATALOGUE_NAME
     path.unlink(missing_ok=True)  # from here until the rename below, the run has no catalogue
-    store.write_directions(vectors, {"threshold": threshold, "min_support": min_support})
+    store.write_directions(vectors, frame["id"].tolist(), {"threshold": threshold, "min_support": min_support})
     return write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 

@@ -13,8 +13,19 @@ One run at a time writes a run directory: ``run_lock`` holds an exclusive lock o
 ``.localedit-run.lock`` (with the owner's pid) for the run's lifetime; a second run on the
 same folder is refused, and only the holder removes temporary chunk files a killed writer left.
 
-Every array carries ``dimension_names``: ``xarray.open_zarr(run_dir / "store.zarr",
-consolidated=False)`` reads the whole run as a Dataset.
+The layout follows xarray's Zarr conventions: every array carries ``dimension_names``, the
+labels of the ``image``, ``region`` and ``block`` dimensions are coordinate arrays of those names
+(written once, when the store is created; the catalogue's ``direction`` ids with its vectors),
+and each quantity is a variable of its own, so
+
+    ds = xarray.open_zarr(run_dir / "store.zarr", consolidated=False)
+    ds.sel(region="eyes").individual_basis      # (image, h, component)
+    ds.subspace_residual.sel(block="not_mouth")  # (image,)
+
+A block is what gets a subspace of its own: a region, or (with complements) a region's
+complement. Stores of layout 1 (``localedit-run/1``: labels only as attributes, the subspace
+statistics in one (image, block, stat) array) still open, read and resume; xarray reads them
+without coordinates.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -41,8 +52,11 @@ from localedit.core.regions import Region
 
 STORE_NAME = "store.zarr"
 LOCK_NAME = ".localedit-run.lock"
-FORMAT = "localedit-run/1"
-SUBSPACE_STATS = ("iterations", "residual", "converged")
+FORMAT = "localedit-run/2"  # the layout this code creates
+FORMAT_1 = "localedit-run/1"  # still opened, read and resumed
+# The statistics of a subspace computation (``Subspace``), one (image, block) variable each: name -> (dtype, fill).
+SUBSPACE_STATS = {"subspace_iterations": ("int32", 0), "subspace_residual": ("float32", 0.0),
+                  "subspace_converged": ("bool", False)}
 
 
 @dataclass(frozen=True)
@@ -96,8 +110,13 @@ class RunConfig:
                 if name != "model_source" and mine[name] != theirs[name]]
 
 
+def _coordinates(config: RunConfig) -> dict[str, tuple[str, ...]]:
+    """The labels of the run's labelled dimensions: image names, region names, block names."""
+    return {"image": config.images, "region": config.regions, "block": config.blocks}
+
+
 def _layout(config: RunConfig) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...], str, float]]:
-    """name -> (shape, chunks, dimension names, dtype, fill value) of every array of a run."""
+    """name -> (shape, chunks, dimension names, dtype, fill value) of every data array of a run."""
     n, r, b, k, d = len(config.images), len(config.regions), len(config.blocks), config.k, config.h_dim
     c, s = config.channels, config.resolution
     image = ((n, c, s, s), (1, c, s, s), ("image", "channel", "y", "x"), "float32", 0.0)
@@ -108,8 +127,7 @@ def _layout(config: RunConfig) -> dict[str, tuple[tuple[int, ...], tuple[int, ..
         "x_t": image,
         "subspace_basis": ((n, b, d, k), (1, 1, d, k), ("image", "block", "h", "component"), "float32", 0.0),
         "subspace_singular_values": ((n, b, k), (1, 1, k), ("image", "block", "component"), "float32", 0.0),
-        "subspace_stats": ((n, b, len(SUBSPACE_STATS)), (1, 1, len(SUBSPACE_STATS)), ("image", "block", "stat"),
-                           "float32", 0.0),
+        **{name: ((n, b), (1, 1), ("image", "block"), dtype, fill) for name, (dtype, fill) in SUBSPACE_STATS.items()},
         "joint_basis": ((n, d, k), (1, d, k), ("image", "h", "component"), "float32", 0.0),
         "joint_singular_values": ((n, k), (1, k), ("image", "component"), "float32", 0.0),
         "joint_rank": ((n,), (1,), ("image",), "int32", -1),
@@ -173,8 +191,9 @@ class RunStore:
         if not (self.path / "zarr.json").exists():
             raise FileNotFoundError(f"no run store at {self.path}")
         self.group = zarr.open_group(self.path, mode="r+", use_consolidated=False)
-        if self.group.attrs.get("format") != FORMAT:
-            raise ValueError(f"{self.path} is not a localedit run store (format {self.group.attrs.get('format')!r})")
+        self.format = self.group.attrs.get("format")
+        if self.format not in (FORMAT, FORMAT_1):
+            raise ValueError(f"{self.path} is not a localedit run store (format {self.format!r})")
         self.config = RunConfig.from_attrs(dict(self.group.attrs))
         self.run_id = str(self.group.attrs["run_id"])
 
@@ -199,13 +218,12 @@ class RunStore:
                  "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **config.to_attrs()}
         try:
             group = zarr.create_group(tmp, zarr_format=3, attributes=attrs)
+            for name, labels in _coordinates(config).items():
+                group.create_array(name, shape=(len(labels),), dtype=str, fill_value="", dimension_names=(name,))
+                group[name][:] = np.array(labels, dtype=str)
             for name, (shape, chunks, dims, dtype, fill) in _layout(config).items():
                 group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
                                    dimension_names=dims)
-            group["subspace_stats"].attrs["stat"] = list(SUBSPACE_STATS)
-            group["masks"].attrs["regions"] = list(config.regions)
-            for name in ("subspace_basis", "subspace_singular_values", "subspace_stats", "done_subspace"):
-                group[name].attrs["blocks"] = list(config.blocks)
             group["masks"][:] = masks.to(torch.float32).numpy()
             if images is not None:
                 group["images"][:] = images.to(torch.float32).numpy()
@@ -247,11 +265,6 @@ class RunStore:
         masks = torch.from_numpy(self.group["masks"][:])
         return [Region(name, mask) for name, mask in zip(self.config.regions, masks)]
 
-    def region_index(self, region: str) -> int:
-        if region not in self.config.regions:
-            raise KeyError(f"region {region!r} is not in this run; it has {list(self.config.regions)}")
-        return self.config.regions.index(region)
-
     def block_index(self, block: str) -> int:
         if block not in self.config.blocks:
             raise KeyError(f"{block!r} gets no subspace in this run; its blocks are {list(self.config.blocks)}")
@@ -288,8 +301,8 @@ class RunStore:
     def latent_done(self, i: int) -> bool:
         return self._done("done_latent", i)
 
-    def subspace_done(self, i: int, region: str) -> bool:
-        return self._done("done_subspace", i, self.block_index(region))
+    def subspace_done(self, i: int, block: str) -> bool:
+        return self._done("done_subspace", i, self.block_index(block))
 
     def pending_blocks(self, i: int) -> list[str]:
         """The blocks of image ``i`` whose subspace is not yet marked done, in ``config.blocks`` order."""
@@ -327,17 +340,25 @@ class RunStore:
         k, rows = self.config.k, {}
         for block, sub in subspaces.items():
             what = f"the {block} subspace of image {i}"
-            rows[self.block_index(block)] = (_padded(sub.basis, k, what), _padded(sub.singular_values, k, what),
-                                             np.array([sub.iterations, sub.residual, float(sub.converged)], np.float32))
-        for a, (basis, values, stats) in rows.items():
+            rows[self.block_index(block)] = (_padded(sub.basis, k, what), _padded(sub.singular_values, k, what), sub)
+        for a, (basis, values, sub) in rows.items():
             self.group["subspace_basis"][i, a] = basis
             self.group["subspace_singular_values"][i, a] = values
-            self.group["subspace_stats"][i, a] = stats
+            self._write_stats(i, a, sub)
         self.group["done_subspace"].oindex[i, sorted(rows)] = seconds
 
-    def subspace(self, i: int, region: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(basis (d, k), singular values (k,)) of one image's region (or block)."""
-        a = self.block_index(region)
+    def _write_stats(self, i: int, a: int, sub: Subspace) -> None:
+        """How block ``a``'s subspace computation went (iterations, residual, converged), in this store's layout."""
+        stats = (sub.iterations, sub.residual, sub.converged)
+        if self.format == FORMAT_1:  # one float32 (image, block, stat) array, stats in this order
+            self.group["subspace_stats"][i, a] = np.array(stats, np.float32)
+            return
+        for name, value in zip(SUBSPACE_STATS, stats):
+            self.group[name][i, a] = value
+
+    def subspace(self, i: int, block: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(basis (d, k), singular values (k,)) of one image's block (a region, or a region's complement)."""
+        a = self.block_index(block)
         return self._tensor("subspace_basis", i, a), self._tensor("subspace_singular_values", i, a)
 
     def write_split(self, i: int, split: Split, seconds: float) -> None:
@@ -366,9 +387,15 @@ class RunStore:
 
     # -- catalogue vectors (written once, by the single catalogue task) -------------------------
 
-    def write_directions(self, vectors: torch.Tensor, attrs: dict) -> None:
-        """(m, d) unit vectors, one per catalogue row; replaces any earlier catalogue of this run."""
+    def write_directions(self, vectors: torch.Tensor, ids: Sequence[str], attrs: dict) -> None:
+        """(m, d) unit vectors, one per catalogue row, and their ids (the ``direction`` coordinate, so
+        ``ds.directions.sel(direction="eyes/individual/0")`` reads one); replaces any earlier catalogue of this run."""
         m, d = vectors.shape
+        if len(ids) != m:
+            raise ValueError(f"{len(ids)} ids for {m} direction vectors")
+        labels = self.group.create_array("direction", shape=(m,), chunks=(max(m, 1),), dtype=str, fill_value="",
+                                         dimension_names=("direction",), overwrite=True)
+        labels[:] = np.array(list(ids), dtype=str)
         array = self.group.create_array("directions", shape=(m, d), chunks=(max(m, 1), d), dtype="float32",
                                         fill_value=0.0, dimension_names=("direction", "h"), overwrite=True)
         array[:] = vectors.to(torch.float32).numpy()
