@@ -55,8 +55,8 @@ def tiny_files(tmp_path_factory):
     from localedit.bundled.samples import write_samples
 
     root = tmp_path_factory.mktemp("files")
-    save_model(from_unet(tiny_unet()), root / "model")
-    write_samples(root / "samples", n_mine=2, n_heldout=2, size=16)
+    save_model(from_unet(tiny_unet(size=32)), root / "model")  # the factor probe reads 32-px images
+    write_samples(root / "samples", n_mine=2, n_heldout=2)
     return root
 
 
