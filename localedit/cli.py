@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from localedit.core.settings import BUNDLED_RUN, CatalogueSettings, EditSettings, MiningSettings
+from localedit.core.settings import BUNDLED_RUN, EDIT_SCHEDULES, CatalogueSettings, EditSettings, MiningSettings
 from localedit.evaluation.settings import EvaluationSettings
 from localedit.utils.badinput import BAD_INPUT, check_output_dir, check_output_file
 
@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: %(default)s)")
     mine.add_argument("--min-support", type=int, default=CATALOGUE.min_support,
                       help="images that must contain a catalogue direction (default: %(default)s)")
-    mine.add_argument("--edit-schedule", choices=("all", "from_t_edit"), default=EDITING.schedule,
+    mine.add_argument("--edit-schedule", choices=EDIT_SCHEDULES, default=EDITING.schedule,
                       help="how the catalogue's directions are applied (stored with it, so `localedit edit` and the "
                            "evaluation apply them alike): at every reverse step, or while t >= --t-edit "
                            "(default: %(default)s)")

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from localedit.core.hspace import shift_h
 from localedit.core.models import DiffusionModel, prediction_type
-from localedit.core.settings import EditSettings, MiningSettings
+from localedit.core.settings import EditSettings, MiningSettings, check_schedule
 
 DEFAULT_STEPS = MiningSettings.num_steps
 
@@ -36,8 +36,7 @@ class EditSchedule:
     t_edit: int = EditSettings.t_edit
 
     def __post_init__(self):
-        if self.kind not in ("from_t_edit", "all"):
-            raise ValueError(f"unknown edit schedule {self.kind!r}; use 'from_t_edit' or 'all'")
+        check_schedule(self.kind)
 
     def active(self, t: int) -> bool:
         return self.kind == "all" or t >= self.t_edit

@@ -56,6 +56,14 @@ class MiningSettings:
 BUNDLED_RUN = MiningSettings(jive=jive_params(joint_rank=1))
 
 
+EDIT_SCHEDULES = ("from_t_edit", "all")
+
+
+def check_schedule(kind: str) -> None:
+    if kind not in EDIT_SCHEDULES:
+        raise ValueError(f"unknown edit schedule {kind!r}; use {' or '.join(map(repr, EDIT_SCHEDULES))}")
+
+
 @dataclass(frozen=True)
 class EditSettings:
     """How a direction is applied: ``alpha * ||h|| * v`` is added to h on the reverse steps the schedule
@@ -74,7 +82,7 @@ class EditSettings:
     alpha_range: tuple[float, float] = (1e-3, 4.0)
 
     def __post_init__(self):
-        self.edit_schedule  # noqa: B018 - an unknown schedule fails here, where it was given
+        check_schedule(self.schedule)  # an unknown schedule fails where it was given
 
     @property
     def edit_schedule(self) -> "EditSchedule":
