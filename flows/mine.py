@@ -94,6 +94,13 @@ def mine_directions(
         return _mine(run, threshold, min_support, edit, gpu, progress, start)
 
 
+def mining_parameters(settings: MiningSettings) -> dict:
+    """The flow's parameters that say what ``settings`` say (``localedit run`` mines ``BUNDLED_RUN`` this way)."""
+    return {"regions": settings.regions, "t": settings.t, "k": settings.k, "num_steps": settings.num_steps,
+            "seed": settings.seed, "complements": settings.complements, "joint_rank": settings.jive["joint_rank"],
+            "individual_rank": settings.jive["individual_ranks"], "max_angle_deg": settings.jive["max_angle_deg"]}
+
+
 def preparation(parameters: dict) -> dict:
     """The ``plan_run``/``prepare_run`` arguments of a mining run's parameters, the flow's defaults filled in."""
     bound = inspect.signature(mine_directions.fn).bind(**parameters)

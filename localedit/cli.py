@@ -210,15 +210,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flows.mine import run_mining
+    from flows.mine import mining_parameters, run_mining
     from localedit.bundled.samples import load_samples
     from localedit.core.models import load_model
     from localedit.evaluation.layout import STRIPS_DIR, strip_path
     from localedit.store import catalogue
 
     summary = run_mining(runner=args.runner, out=args.out, model=args.model, images="bundled",
-                         regions=BUNDLED_RUN.regions, t=BUNDLED_RUN.t, k=BUNDLED_RUN.k, num_steps=BUNDLED_RUN.num_steps,
-                         joint_rank=BUNDLED_RUN.jive["joint_rank"])
+                         **mining_parameters(BUNDLED_RUN))
     _print_mining(summary)
     cat = catalogue.open(summary["run_dir"])
     model = load_model(args.model)
@@ -263,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="mine and edit one image in memory")
     demo.add_argument("--model", default=None, help="bundled (default), a diffusers folder, or a hub id")
     demo.add_argument("--image", default=None, help="an image file (default: a bundled sample)")
-    _method_options(demo, "")
+    _method_options(demo, "", names=("regions", "t", "k"))
     demo.add_argument("--alphas", type=_alphas, default=list(EDITING.alphas), help="strengths (default: %(default)s)")
     demo.add_argument("--out", default="out/demo")
     demo.set_defaults(func=cmd_demo)

@@ -40,6 +40,18 @@ def test_deployment_yaml_documents_the_flow_parameters_and_defaults():
     assert not undocumented, f"deployment.yaml's comment does not describe {undocumented}"
 
 
+def test_the_flow_defaults_are_the_mining_settings_and_a_preset_travels_as_parameters():
+    from flows.mine import mining_parameters, preparation
+    from localedit.core.settings import BUNDLED_RUN
+
+    parameters = inspect.signature(mine_directions.fn).parameters
+    assert {name: parameters[name].default for name in mining_parameters(MiningSettings())} == \
+        mining_parameters(MiningSettings())
+    prepared = preparation({"out": "out/x", "images": "bundled", **mining_parameters(BUNDLED_RUN)})
+    assert prepared["jive"] == BUNDLED_RUN.jive and prepared["jive"]["joint_rank"] == 1
+    assert (prepared["t"], prepared["k"], prepared["num_steps"]) == (BUNDLED_RUN.t, BUNDLED_RUN.k, BUNDLED_RUN.num_steps)
+
+
 def test_a_legacy_catalogue_falls_back_to_the_default_edit_settings_with_a_warning(tmp_path):
     store = fill_run(tmp_path / "run")
     catalogue.build(store.run_dir, edit=EditSettings("from_t_edit", 300))
