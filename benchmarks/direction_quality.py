@@ -35,10 +35,11 @@ import torch
 from localedit.bundled.references import reference_directions, regions_of
 from localedit.bundled.samples import load_samples
 from localedit.core.contrast import contrast_directions
-from localedit.core.ddim import EditSchedule, invert
+from localedit.core.ddim import invert
 from localedit.core.mining import latent_at
 from localedit.core.models import load_model
 from localedit.core.regions import resolve_regions
+from localedit.core.settings import EditSettings, MiningSettings
 from localedit.evaluation import schema as col
 from localedit.evaluation.baselines import Direction, method_directions
 from localedit.evaluation.compare import load_probe_or_note, variation_directions
@@ -62,13 +63,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="4 held-out images, the default schedule only")
     parser.add_argument("--heldout", type=int, default=8)
-    parser.add_argument("--t", type=int, default=500)
+    parser.add_argument("--t", type=int, default=MiningSettings.t)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     n_heldout = 4 if args.quick else args.heldout
-    schedules = [EditSchedule("all")] + ([] if args.quick else [EditSchedule("from_t_edit", 500)])
+    schedules = [EditSettings()] + ([] if args.quick else [EditSettings(schedule="from_t_edit")])
     model = load_model()
-    regions = resolve_regions("eyes,mouth", model.resolution)
+    regions = resolve_regions(MiningSettings.regions, model.resolution)
     mine, mine_factors = load_samples("mine")
     held, held_factors = load_samples("heldout")
     source = prepare_images(model, mine[:4], mine_factors["file"][:4].tolist(), col.SOURCE_SET)
@@ -95,14 +96,14 @@ def main() -> None:
               for r in regions]
 
     records = []
-    for schedule in schedules:
-        scorer = Scorer({r.name: r for r in regions}, None, probe, schedule)
+    for edit in schedules:
+        scorer = Scorer({r.name: r for r in regions}, None, probe, edit)
         for d in found:
             rows = evaluate_direction(model, d, scorer, (source, [0, 1, 2, 3]), [(heldout, list(range(n_heldout)))])
             scored = with_best_sign(rows[(rows[col.KIND] == col.KIND_MATCHED) & (rows[col.IMAGE_SET] == col.TRANSFER_SET)])
             cos = {f: round(abs(float(d.vector @ references[f])), 3) for f in regions_of()[d.region]}
             records.append({
-                "criterion": d.method, "region": d.region, "schedule": schedule.kind,
+                "criterion": d.method, "region": d.region, "schedule": edit.schedule,
                 "locality_best_sign_median": round(float(scored[col.LOCALITY_BEST_SIGN].median()), 3),
                 "locality_median": round(float(pd.to_numeric(scored[col.LOCALITY]).median()), 3),
                 "factor_purity_best_sign_median": round(float(scored[col.FACTOR_PURITY_BEST_SIGN].median()), 3),

@@ -19,8 +19,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.stopping import stoppable
 from localedit.bundled.samples import SAMPLES_DIR
-from localedit.evaluation.layout import strip_path
-from localedit.evaluation.metrics import TARGET_CHANGE
+from localedit.evaluation.plan import EvaluationResult, expected_methods, plan_evaluation
+from localedit.evaluation.settings import EvaluationSettings
 from tasks.evaluate import (
     baseline_directions,
     catalogue_directions,
@@ -29,21 +29,24 @@ from tasks.evaluate import (
     publish,
     reference_task,
     score_task,
-    source_index,
     sweep_task,
 )
 from tasks.runtime import local_slots, wait_all
 
+DEFAULTS = EvaluationSettings()  # the flow's parameter defaults
+
 
 @flow(name="evaluate-directions", task_runner=ThreadPoolTaskRunner(max_workers=local_slots()), log_prints=True)
 @stoppable  # a signal stops the run within seconds
-def evaluate_directions(run_dir: str, heldout: int = 16, sources: int = 4, baselines: bool = False,
-                        target: float = TARGET_CHANGE, max_rank: int = 1, strip_images: int = 3,
-                        samples: str = str(SAMPLES_DIR), progress: bool = True) -> dict:
-    """Score a run's directions; returns evaluation.json's content plus the report path.
+def evaluate_directions(run_dir: str, heldout: int = DEFAULTS.n_heldout, sources: int = DEFAULTS.n_source,
+                        baselines: bool = False, target: float = DEFAULTS.target, max_rank: int = DEFAULTS.max_rank,
+                        strip_images: int = DEFAULTS.strip_images, samples: str = str(SAMPLES_DIR),
+                        progress: bool = True) -> EvaluationResult:
+    """Score a run's directions as ``plan_evaluation`` assigns them; returns evaluation.json's content and the
+    report path.
 
     Args:
-        run_dir: a mined run with its catalogue.
+        run_dir: a mined run with its catalogue (its directions are applied as the catalogue's edit settings say).
         heldout: held-out images (from ``samples``' held-out subset) to transfer every direction to.
         sources: the run's own images that directions are matched and scored on.
         baselines: also mine and score the baseline methods on the source images (one per image;
@@ -54,42 +57,42 @@ def evaluate_directions(run_dir: str, heldout: int = 16, sources: int = 4, basel
         progress: show a progress bar per stage (baselines, evaluation).
     """
     start = time.perf_counter()
-    plan = prepare_evaluation(run_dir, heldout, sources, target, samples)
+    settings = EvaluationSettings(target, sources, heldout, strip_images, max_rank)
+    run = prepare_evaluation(run_dir, settings, samples)
     directions = catalogue_directions(run_dir, max_rank)
-    references = reference_task(plan)
+    references = reference_task(run)
     directions += references
-    n_source, n_heldout = len(plan["source"].keys), len(plan["heldout"].keys)
     if baselines:
-        found = [baseline_directions.submit(plan, i) for i in range(n_source)]
+        found = [baseline_directions.submit(run, i) for i in range(len(run.source.keys))]
         wait_all(found, "baselines", progress)
         directions += [d for future in found for d in future.result()]
+    plan = plan_evaluation(directions, run.source.keys, len(run.heldout.keys), settings, run.scorer.edit, run_dir,
+                           expected_methods(directions, baselines, run.complements))
     matches, scored = [], []
-    for d in directions:
-        match = match_task.submit(plan, d)
+    for a in plan.assignments:
+        match = match_task.submit(run, a)
         matches.append(match)
-        own = source_index(plan, d)
-        targets = list(range(n_heldout)) if d.source is None else list(range(own[0], n_heldout, n_source))
-        scored.append(score_task.submit(plan, d, match, targets))
-        if d.source is None or own[0] == 0:
-            scored.append(sweep_task.submit(plan, d, match, targets[:strip_images], str(strip_path(run_dir, d.id))))
+        if a.score_on:
+            scored.append(score_task.submit(run, a, match))
+        if a.sweep_on:
+            scored.append(sweep_task.submit(run, a, match))
     wait_all([*matches, *scored], "evaluation", progress)
-    frames = [m.result()["rows"] for m in matches] + [f.result() for f in scored]
-    settings = {**plan["settings"], "baselines": baselines, "max_rank": max_rank,
-                "reference_methods": [d.method for d in references],
-                "seconds": round(time.perf_counter() - start, 1)}
-    result = publish(run_dir, frames, settings)
-    print(f"evaluated {len(directions)} directions on {n_heldout} held-out images: {result['report']}")
+    frames = [m.result().rows for m in matches] + [f.result() for f in scored]
+    record = {**run.record, "baselines": baselines, "max_rank": max_rank,
+              "reference_methods": [d.method for d in references], "seconds": round(time.perf_counter() - start, 1)}
+    result = publish(run_dir, frames, record, list(plan.expected_methods))
+    print(f"evaluated {len(directions)} directions on {len(run.heldout.keys)} held-out images: {result.report}")
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
-    parser.add_argument("--heldout", type=int, default=16)
-    parser.add_argument("--sources", type=int, default=4)
+    parser.add_argument("--heldout", type=int, default=DEFAULTS.n_heldout)
+    parser.add_argument("--sources", type=int, default=DEFAULTS.n_source)
     parser.add_argument("--baselines", action="store_true")
-    parser.add_argument("--target", type=float, default=TARGET_CHANGE)
-    parser.add_argument("--max-rank", type=int, default=1)
+    parser.add_argument("--target", type=float, default=DEFAULTS.target)
+    parser.add_argument("--max-rank", type=int, default=DEFAULTS.max_rank)
     a = parser.parse_args()
     evaluate_directions(a.run_dir, a.heldout, a.sources, a.baselines, a.target, a.max_rank)
 

@@ -26,6 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.local_server import pipeline_server
 from flows.stopping import stoppable
+from localedit.core.settings import CatalogueSettings, EditSettings, MiningSettings, jive_params
 from localedit.store.runs import RunStore, run_lock
 from tasks.catalogue import build_catalogue
 from tasks.mine import image_subspaces, invert_image, split_image
@@ -33,6 +34,7 @@ from tasks.prepare import plan_run, prepare_run
 from tasks.runtime import WORKER_CORES_ENV, cores, local_slots, wait_all
 
 RUNNERS = ("local", "dask")
+MINING = MiningSettings()  # the flow's parameter defaults
 OMP_WAIT_POLICY = "OMP_WAIT_POLICY"  # read by OpenMP when torch loads: set in a worker's environment
 
 
@@ -43,21 +45,25 @@ def mine_directions(
     model: str = "bundled",
     images: str | None = None,
     samples: int | None = None,
-    seed: int = 0,
-    regions: str = "eyes,mouth",
-    t: int = 500,
-    k: int = 8,
-    num_steps: int = 50,
-    joint_rank: int | None = None,
-    individual_rank: int | None = None,
-    max_angle_deg: float = 30.0,
-    complements: bool = True,
-    threshold: float = 0.5,
-    min_support: int = 2,
+    seed: int = MINING.seed,
+    regions: str = MINING.regions,
+    t: int = MINING.t,
+    k: int = MINING.k,
+    num_steps: int = MINING.num_steps,
+    joint_rank: int | None = MINING.jive["joint_rank"],
+    individual_rank: int | None = MINING.jive["individual_ranks"],
+    max_angle_deg: float = MINING.jive["max_angle_deg"],
+    complements: bool = MINING.complements,
+    threshold: float = CatalogueSettings.threshold,
+    min_support: int = CatalogueSettings.min_support,
+    edit_schedule: str = EditSettings.schedule,
+    t_edit: int = EditSettings.t_edit,
     gpu: bool = False,
     progress: bool = True,
 ) -> dict:
     """Mine joint and individual h-space directions of ``regions`` over many images into a catalogue.
+
+    Defaults: ``localedit.core.settings`` (``MiningSettings``, ``CatalogueSettings``, ``EditSettings``).
 
     Args:
         out: run directory; strftime codes are expanded at the start (``out/weekly/%Y-%m-%d``; ``%%`` for a
@@ -74,15 +80,25 @@ def mine_directions(
             directions leave out what a region shares with it (more local edits); False: the paper's JIVE.
         threshold, min_support: a catalogue direction must lie within squared cosine ``threshold``
             of the subspaces of at least ``min_support`` images.
+        edit_schedule, t_edit: how the catalogue's directions are applied (stored with it): on every
+            reverse step ("all") or while t >= t_edit ("from_t_edit").
         gpu: ask Dask for a ``GPU`` worker resource for the model-heavy tasks.
         progress: show a progress bar while the tasks run.
     """
     parameters = dict(locals())  # first statement: exactly the flow's parameters
     start = time.perf_counter()
+    edit = EditSettings(edit_schedule, t_edit)  # an unknown schedule fails before anything is written
     run = prepare_run(**preparation(parameters))
     with run_lock(run["run_dir"]):  # one run writes a folder at a time
         RunStore(run["run_dir"]).discard_partials()
-        return _mine(run, threshold, min_support, gpu, progress, start)
+        return _mine(run, threshold, min_support, edit, gpu, progress, start)
+
+
+def mining_parameters(settings: MiningSettings) -> dict:
+    """The flow's parameters that say what ``settings`` say (``localedit run`` mines ``BUNDLED_RUN`` this way)."""
+    return {"regions": settings.regions, "t": settings.t, "k": settings.k, "num_steps": settings.num_steps,
+            "seed": settings.seed, "complements": settings.complements, "joint_rank": settings.jive["joint_rank"],
+            "individual_rank": settings.jive["individual_ranks"], "max_angle_deg": settings.jive["max_angle_deg"]}
 
 
 def preparation(parameters: dict) -> dict:
@@ -93,11 +109,12 @@ def preparation(parameters: dict) -> dict:
     return {"out": datetime.now().strftime(p["out"]), "model": p["model"], "images": p["images"],
             "samples": p["samples"], "seed": p["seed"], "regions": p["regions"], "t": p["t"], "k": p["k"],
             "num_steps": p["num_steps"], "complements": p["complements"],
-            "jive": {"joint_rank": p["joint_rank"], "individual_ranks": p["individual_rank"],
-                     "max_angle_deg": p["max_angle_deg"]}}
+            "jive": jive_params(joint_rank=p["joint_rank"], individual_ranks=p["individual_rank"],
+                                max_angle_deg=p["max_angle_deg"])}
 
 
-def _mine(run: dict, threshold: float, min_support: int, gpu: bool, progress: bool, start: float) -> dict:
+def _mine(run: dict, threshold: float, min_support: int, edit: EditSettings, gpu: bool, progress: bool,
+          start: float) -> dict:
     """The flow's task graph over a prepared run (its lock held)."""
     run_dir, n = run["run_dir"], run["images"]
     # Submitted stage by stage: a task waiting for its upstream holds a worker thread, so
@@ -111,7 +128,7 @@ def _mine(run: dict, threshold: float, min_support: int, gpu: bool, progress: bo
                **{("split", i): f for i, f in splits.items()}}
     wait_all(futures.values(), "mining", progress)
     reports = {key: future.result() for key, future in futures.items()}  # raises the first failure
-    catalogue = build_catalogue(run_dir, threshold, min_support)
+    catalogue = build_catalogue(run_dir, threshold, min_support, edit)
     counts = {stage: {"computed": 0, "skipped": 0} for stage in ("latent", "subspace", "split")}
     for (stage, _), report in reports.items():
         for status in ("computed", "skipped"):

@@ -17,9 +17,12 @@ from pathlib import Path
 
 import torch
 
+from localedit.core.settings import BUNDLED_RUN, EDIT_SCHEDULES, CatalogueSettings, EditSettings, MiningSettings
+from localedit.evaluation.settings import EvaluationSettings
 from localedit.utils.badinput import BAD_INPUT, check_output_dir, check_output_file
 
-DEFAULT_ALPHAS = (-0.3, -0.15, 0.0, 0.15, 0.3)
+# Every option's default comes from the settings classes (localedit.core.settings, localedit.evaluation.settings).
+MINING, EDITING, CATALOGUE, EVALUATION = MiningSettings(), EditSettings(), CatalogueSettings(), EvaluationSettings()
 
 
 def _alphas(text: str) -> list[float]:
@@ -78,20 +81,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score directions at matched strength: a run's catalogue (via the flow), or with --compare alone every method in memory."""
     import json
 
-    from localedit.evaluation.metrics import TARGET_CHANGE
     from localedit.evaluation.report import text_table, write_report
 
-    target = TARGET_CHANGE if args.target is None else args.target
     if args.run:
         from flows.evaluate import evaluate_directions
         from flows.local_server import pipeline_server
 
         with pipeline_server():
             result = evaluate_directions(args.run, heldout=args.heldout, sources=args.sources,
-                                         baselines=args.compare, target=target)
-        report = result["report"]
+                                         baselines=args.compare, target=args.target)
+        report = result.report
     elif args.compare:
         from localedit.core.models import load_model
+        from localedit.core.settings import jive_params
         from localedit.evaluation.compare import load_probe_or_note, run_comparison
         from localedit.evaluation.metrics import load_lpips
 
@@ -99,17 +101,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model = load_model(args.model)
         perceptual = load_lpips()
         probe, probe_note = load_probe_or_note()
-        result = run_comparison(model, args.out, args.regions, args.sources, args.heldout, target,
+        result = run_comparison(model, args.out, args.regions, args.sources, args.heldout, args.target,
                                 num_steps=args.num_steps, perceptual=perceptual, probe=probe,
                                 notes={"lpips_note": perceptual.note, "probe_note": probe_note},
-                                jive=None if args.joint_rank < 0 else {"joint_rank": args.joint_rank}, progress=True)
+                                jive=jive_params(joint_rank=None if args.joint_rank < 0 else args.joint_rank),
+                                progress=True)
         report = write_report(args.out)
     else:
         raise ValueError("give a run directory, or --compare for the method comparison on the bundled samples")
     if args.json:
-        print(json.dumps({"methods": result["methods"]}, indent=2))
+        print(json.dumps({"methods": result.methods}, indent=2))
     else:
-        print(text_table(result["methods"]))
+        print(text_table(result.methods))
         print(f"report: {report}")
     return 0
 
@@ -130,14 +133,14 @@ def _print_mining(summary: dict) -> None:
 
 
 def _direction_strip(cat, model, direction: str, images: torch.Tensor, alphas, path: Path) -> Path:
-    """Edit ``images`` along a catalogue direction at each alpha and write the strip, region outlined."""
-    from localedit.core.ddim import EditSchedule
-    from localedit.core.editing import edit, write_strip
+    """Edit ``images`` along a catalogue direction at each alpha (the catalogue's strips' by default) and write
+    the strip, region outlined; the direction is applied as the catalogue says (``Catalogue.apply``)."""
+    from localedit.core.editing import write_strip
 
-    vector = cat.vector(direction)
+    alphas = list(cat.edit.alphas if alphas is None else alphas)
     region = cat.frame.loc[cat.frame["id"] == direction, "region"].iloc[0]
-    edited = edit(model, images, vector, alphas, EditSchedule(t_edit=cat.attrs["t"]), cat.attrs["num_steps"])
-    return write_strip(path, images, edited, alphas, mask=cat.regions[region].mask)
+    return write_strip(path, images, cat.apply(model, direction, alphas, images=images), alphas,
+                       mask=cat.regions[region].mask)
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
@@ -148,8 +151,8 @@ def cmd_mine(args: argparse.Namespace) -> int:
         runner=args.runner, dask_address=args.dask_address, workers=args.workers, out=args.out, model=args.model,
         images=args.images, samples=args.samples, seed=args.seed, regions=args.regions, t=args.t, k=args.k,
         num_steps=args.num_steps, joint_rank=args.joint_rank, individual_rank=args.individual_rank,
-        complements=not args.paper_jive,
-        threshold=args.threshold, min_support=args.min_support, gpu=args.gpu)
+        complements=not args.paper_jive, threshold=args.threshold, min_support=args.min_support,
+        edit_schedule=args.edit_schedule, t_edit=args.t_edit, gpu=args.gpu)
     _print_mining(summary)
     return 0
 
@@ -198,9 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     the supervised references and the baseline methods (masked, global, random, LOCO-style x-space, the paper's
     JIVE) at matched strength on held-out samples, and write the run's strips and report.
 
-    The joint rank is fixed at 1: on the bundled model the eyes and mouth subspaces lie 60-73
-    degrees apart, so the automatic rank finds no joint direction, yet the most shared one
-    (in 15 of 24 images) is worth seeing next to the local ones.
+    Mines with ``localedit.core.settings.BUNDLED_RUN`` (the joint rank fixed at 1; it says why).
     """
     from flows.local_server import pipeline_server
 
@@ -209,14 +210,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flows.mine import run_mining
+    from flows.mine import mining_parameters, run_mining
     from localedit.bundled.samples import load_samples
     from localedit.core.models import load_model
     from localedit.evaluation.layout import STRIPS_DIR, strip_path
     from localedit.store import catalogue
 
     summary = run_mining(runner=args.runner, out=args.out, model=args.model, images="bundled",
-                         regions="eyes,mouth", t=500, k=8, num_steps=50, joint_rank=1)
+                         **mining_parameters(BUNDLED_RUN))
     _print_mining(summary)
     cat = catalogue.open(summary["run_dir"])
     model = load_model(args.model)
@@ -228,17 +229,30 @@ def _run(args: argparse.Namespace) -> int:
     evaluate = bool(len(cat) and args.evaluate_heldout)  # then the evaluation strips these directions at matched strength
     for direction in () if evaluate else cat.frame.query("rank == 0")["id"]:
         path = strip_path(summary["run_dir"], direction)
-        print(f"strip: {_direction_strip(cat, model, direction, heldout, DEFAULT_ALPHAS, path)}")
+        print(f"strip: {_direction_strip(cat, model, direction, heldout, None, path)}")
     if evaluate:
         from flows.evaluate import evaluate_directions
         from localedit.evaluation.report import text_table
 
         result = evaluate_directions(summary["run_dir"], heldout=args.evaluate_heldout, baselines=args.baselines)
-        print(text_table(result["methods"]))
+        print(text_table(result.methods))
         print(f"catalogue: {Path(summary['run_dir']) / 'catalogue.parquet'}")
         print(f"strips: {Path(summary['run_dir']) / STRIPS_DIR}")
-        print(f"report: {result['report']}")
+        print(f"report: {result.report}")
     return 0
+
+
+_METHOD_HELP = {"regions": "preset names or a regions JSON file", "t": "timestep where the Jacobians are taken",
+                "k": "subspace size per region", "num_steps": "DDIM steps"}
+
+
+def _method_options(parser: argparse.ArgumentParser, prefix: str, settings: MiningSettings = MINING,
+                    names=("regions", "t", "k", "num_steps")) -> None:
+    """The method's options shared by ``demo``, ``mine`` and ``evaluate``, defaults from ``settings``."""
+    for name in names:
+        default = getattr(settings, name)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
+                            help=f"{prefix}{_METHOD_HELP[name]} (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,10 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="mine and edit one image in memory")
     demo.add_argument("--model", default=None, help="bundled (default), a diffusers folder, or a hub id")
     demo.add_argument("--image", default=None, help="an image file (default: a bundled sample)")
-    demo.add_argument("--regions", default="eyes,mouth", help="preset names or a regions JSON file")
-    demo.add_argument("--t", type=int, default=500)
-    demo.add_argument("--k", type=int, default=8)
-    demo.add_argument("--alphas", type=_alphas, default=list(DEFAULT_ALPHAS))
+    _method_options(demo, "", names=("regions", "t", "k"))
+    demo.add_argument("--alphas", type=_alphas, default=list(EDITING.alphas), help="strengths (default: %(default)s)")
     demo.add_argument("--out", default="out/demo")
     demo.set_defaults(func=cmd_demo)
 
@@ -260,15 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--compare", action="store_true", help="also evaluate the baseline methods")
     evaluate.add_argument("--json", action="store_true", help="print the per-method summary as JSON")
     evaluate.add_argument("--model", default=None, help="without a run: bundled (default), a diffusers folder, or a hub id")
-    evaluate.add_argument("--regions", default="eyes,mouth", help="without a run: preset names or a regions JSON file")
-    evaluate.add_argument("--sources", type=int, default=4,
-                          help="images directions are matched on (and baselines mined on): the run's first, or mining ones")
-    evaluate.add_argument("--heldout", type=int, default=16, help="held-out images to transfer to")
-    evaluate.add_argument("--target", type=float, default=None, help="RMS pixel change every direction is matched to")
-    evaluate.add_argument("--num-steps", type=int, default=50)
-    evaluate.add_argument("--joint-rank", type=int, default=1,
-                          help="without a run: JIVE joint rank (default 1, as `localedit run` mines: on the bundled "
-                               "model the angles alone find no joint direction); -1: chosen from the angles")
+    evaluate.add_argument("--sources", type=int, default=EVALUATION.n_source,
+                          help="images directions are matched on (and baselines mined on): the run's first, or "
+                               "mining-subset ones (default: %(default)s)")
+    evaluate.add_argument("--heldout", type=int, default=EVALUATION.n_heldout,
+                          help="held-out images to transfer to (default: %(default)s)")
+    evaluate.add_argument("--target", type=float, default=EVALUATION.target,
+                          help="RMS pixel change every direction is matched to (default: %(default)s)")
+    _method_options(evaluate, "without a run: ", BUNDLED_RUN, ("regions", "num_steps"))
+    evaluate.add_argument("--joint-rank", type=int, default=BUNDLED_RUN.jive["joint_rank"],
+                          help="without a run: JIVE joint rank (default %(default)s, as `localedit run` mines: on the "
+                               "bundled model the angles alone find no joint direction); -1: chosen from the angles")
     evaluate.add_argument("--out", default="out/evaluate-compare", help="without a run: where results and report go")
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -281,19 +295,26 @@ def build_parser() -> argparse.ArgumentParser:
     source = mine.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", help="a folder of images at the model's resolution, or 'bundled'")
     source.add_argument("--samples", type=int, help="mine on this many images sampled from the model")
-    mine.add_argument("--seed", type=int, default=0, help="seed of the sampled images")
-    mine.add_argument("--regions", default="eyes,mouth", help="preset names or a regions JSON file")
-    mine.add_argument("--t", type=int, default=500, help="editing timestep")
-    mine.add_argument("--k", type=int, default=8, help="subspace size per region")
-    mine.add_argument("--num-steps", type=int, default=50, help="DDIM steps")
-    mine.add_argument("--joint-rank", type=int, default=None, help="JIVE joint rank (default: from subspace angles)")
-    mine.add_argument("--individual-rank", type=int, default=None, help="JIVE individual rank per region (default: auto)")
+    mine.add_argument("--seed", type=int, default=MINING.seed, help="seed of the sampled images (default: %(default)s)")
+    _method_options(mine, "")
+    mine.add_argument("--joint-rank", type=int, default=MINING.jive["joint_rank"],
+                      help="JIVE joint rank (default: from subspace angles)")
+    mine.add_argument("--individual-rank", type=int, default=MINING.jive["individual_ranks"],
+                      help="JIVE individual rank per region (default: auto)")
     mine.add_argument("--paper-jive", action="store_true",
                       help="JIVE over the regions only, as in the paper (default: each region's complement is one "
                            "more block, which keeps individual directions more local)")
-    mine.add_argument("--threshold", type=float, default=0.5,
-                      help="squared cosine at which an image's subspace counts as containing a direction")
-    mine.add_argument("--min-support", type=int, default=2, help="images that must contain a catalogue direction")
+    mine.add_argument("--threshold", type=float, default=CATALOGUE.threshold,
+                      help="squared cosine at which an image's subspace counts as containing a direction "
+                           "(default: %(default)s)")
+    mine.add_argument("--min-support", type=int, default=CATALOGUE.min_support,
+                      help="images that must contain a catalogue direction (default: %(default)s)")
+    mine.add_argument("--edit-schedule", choices=EDIT_SCHEDULES, default=EDITING.schedule,
+                      help="how the catalogue's directions are applied (stored with it, so `localedit edit` and the "
+                           "evaluation apply them alike): at every reverse step, or while t >= --t-edit "
+                           "(default: %(default)s)")
+    mine.add_argument("--t-edit", type=int, default=EDITING.t_edit,
+                      help="with --edit-schedule from_t_edit: the last timestep edited (default: %(default)s)")
     mine.add_argument("--runner", choices=("local", "dask"), default="local",
                       help="local: tasks in this process; dask: a LocalCluster or --dask-address")
     mine.add_argument("--dask-address", default=None, help="scheduler of an existing cluster, e.g. tcp://host:8786")
@@ -319,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--catalogue", required=True, help="a mined run directory")
     edit.add_argument("--direction", required=True, help="a direction id, e.g. eyes/individual/0")
     edit.add_argument("--image", required=True, nargs="+", help="image files at the model's resolution")
-    edit.add_argument("--alphas", type=_alphas, default=list(DEFAULT_ALPHAS))
+    edit.add_argument("--alphas", type=_alphas, default=None,
+                      help="strengths (default: the catalogue's, %s for a new one)" % ",".join(map(str, EDITING.alphas)))
     edit.add_argument("--model", default=None, help="default: the model the catalogue was mined on")
     edit.add_argument("--out", required=True, help="PNG to write")
     edit.set_defaults(func=cmd_edit)
@@ -327,8 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="the whole pipeline on the bundled model and samples (`make run`)")
     run.add_argument("--model", default="bundled", help="bundled (default), a diffusers folder, or a hub id")
     run.add_argument("--runner", choices=("local", "dask"), default="local")
-    run.add_argument("--heldout", type=int, default=3, help="held-out samples in each edit strip")
-    run.add_argument("--evaluate-heldout", type=int, default=16,
+    run.add_argument("--heldout", type=int, default=EVALUATION.strip_images, help="held-out samples in each edit strip")
+    run.add_argument("--evaluate-heldout", type=int, default=EVALUATION.n_heldout,
                      help="held-out samples every direction is scored on for the report (0: no evaluation)")
     run.add_argument("--no-baselines", dest="baselines", action="store_false",
                      help="score only the run's own directions and the references, not the baseline methods")

@@ -7,14 +7,15 @@ from prefect import task
 
 from localedit.bundled.probe import load_probe
 from localedit.bundled.references import reference_directions, trained_on_generator
+from localedit.core.settings import EditSettings
 from localedit.store import catalogue
 from localedit.store.runs import RunStore
 from tasks.runtime import TASK_OPTIONS, cached_model, jacobian_threads
 
 
 @task(name="build-catalogue", **TASK_OPTIONS)
-def build_catalogue(run_dir: str, threshold: float, min_support: int) -> str:
-    """Write ``catalogue.parquet`` and the direction vectors; returns the parquet path.
+def build_catalogue(run_dir: str, threshold: float, min_support: int, edit: EditSettings) -> str:
+    """Write ``catalogue.parquet``, the direction vectors and how they are applied (``edit``); returns the parquet path.
 
     Region-variation rows and probe labels need the run's model; on a model trained on the
     bundled generator, rows are also compared with the supervised references (cached per model).
@@ -25,4 +26,4 @@ def build_catalogue(run_dir: str, threshold: float, min_support: int) -> str:
     references = reference_directions(model, config.t, config.num_steps) if faces else None
     with jacobian_threads():  # the only task running: region contrast (forward AD) and the readings get every core
         return str(catalogue.build(run_dir, threshold=threshold, min_support=min_support, model=model,
-                                   probe=load_probe() if faces else None, references=references))
+                                   probe=load_probe() if faces else None, references=references, edit=edit))

@@ -6,8 +6,8 @@ import torch
 from localedit.core.contrast import contrast_directions
 from localedit.core.hspace import encode
 from localedit.core.jacobian import exact_jacobian
-from localedit.core.subspace import principal_angles
 from localedit.core.regions import Region
+from localedit.core.subspace import principal_angles
 
 
 def test_contrast_directions_match_the_exact_eigenvectors_of_the_summed_penalised_operator(tiny_model):

@@ -1,6 +1,7 @@
 import json
 import math
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -219,8 +220,8 @@ def test_evaluation_flow_on_a_mined_run(prefect_api, tmp_path):
     assert {"jive_complement", "region_contrast"} <= set(rows.loc[from_catalogue, "method"])
     transfer = rows[(rows["image_set"] == "transfer") & (rows["kind"] == "matched")]
     assert set(transfer["image"]) == {"heldout_000.png", "heldout_001.png"}
-    assert (run / "report.html").is_file() and result["report"] == str(run / "report.html")
-    assert set(result["methods"]) == set(METHODS)
+    assert (run / "report.html").is_file() and result.report == str(run / "report.html")
+    assert set(result.methods) == set(METHODS)
 
 
 def test_each_flow_thread_edits_its_own_model(tiny_model, monkeypatch):
@@ -228,7 +229,7 @@ def test_each_flow_thread_edits_its_own_model(tiny_model, monkeypatch):
     import tasks.evaluate as te
 
     monkeypatch.setattr(te, "cached_model", lambda source, fingerprint: tiny_model)
-    plan = {"settings": {"model_source": "tiny", "model_fingerprint": tiny_model.fingerprint}}
+    plan = SimpleNamespace(model_source="tiny", model_fingerprint=tiny_model.fingerprint)
     seen = []
     for _ in range(2):
         thread = threading.Thread(target=lambda: seen.append((te._model(plan), te._model(plan))))

@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
-from localedit.core.subspace import project_out
 from benchmarks.subspace import chunked_jacfwd, exact_reference, make_problem, max_angle_deg, measure, ours, sequential
+from localedit.core.subspace import project_out
 
 BUDGETS = {"sequential": (sequential, 35), "chunked_jacfwd": (chunked_jacfwd, 40), "ours": (ours, 8)}
 

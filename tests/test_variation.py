@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from localedit.bundled.references import TWINS, regions_of, twin_direction
-from localedit.core.subspace import principal_angles
 from localedit.core.regions import Region
+from localedit.core.subspace import principal_angles
 from localedit.core.variation import RegionVariation, h_cells
 from localedit.evaluation.labels import closest_reference
 

@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 
 from localedit.core.hspace import shift_h
 from localedit.core.models import DiffusionModel, prediction_type
+from localedit.core.settings import EditSettings, MiningSettings, check_schedule
 
-DEFAULT_STEPS = 50
+DEFAULT_STEPS = MiningSettings.num_steps
 
 
 @dataclass(frozen=True)
@@ -24,19 +25,18 @@ class EditSchedule:
     """Which reverse steps get the h-space edit.
 
     ``"from_t_edit"`` edits while t >= t_edit (Asyrp-style: coarse steps carry the semantic
-    change, late steps restore detail); ``"all"`` edits every step, the default. On the bundled
+    change, late steps restore detail); ``"all"`` edits every step (defaults: ``EditSettings``). On the bundled
     velocity model, at matched strength on held-out faces, the supervised eye-opening direction
     is local 0.92 edited at every step and 0.29 from t_edit = 500; the region-variation eyes
     direction 0.76 vs 0.27 (``benchmarks/direction_quality.py``). (A first experiment on an
     under-trained epsilon model had found from_t_edit most local.)
     """
 
-    kind: str = "all"
-    t_edit: int = 500
+    kind: str = EditSettings.schedule
+    t_edit: int = EditSettings.t_edit
 
     def __post_init__(self):
-        if self.kind not in ("from_t_edit", "all"):
-            raise ValueError(f"unknown edit schedule {self.kind!r}; use 'from_t_edit' or 'all'")
+        check_schedule(self.kind)
 
     def active(self, t: int) -> bool:
         return self.kind == "all" or t >= self.t_edit

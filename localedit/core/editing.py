@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from localedit.core.ddim import DEFAULT_STEPS, Edit, EditSchedule, denoise, invert
 from localedit.core.hspace import h_shape
 from localedit.core.models import DiffusionModel
+from localedit.core.settings import EditSettings
 from localedit.utils.atomic import write_atomic
 from localedit.utils.pixels import to_signed, to_unit
 
@@ -32,7 +33,7 @@ def unit_direction(direction: torch.Tensor, model: DiffusionModel) -> torch.Tens
 
 
 EDIT_BATCH = 64  # images denoised at once by ``edit_many``: big enough to amortise per-call overhead on a CPU
-ALPHA_RANGE = (1e-3, 4.0)  # strengths (relative to ||h||) that strength matching may choose: a dead direction stays finite
+ALPHA_RANGE = EditSettings.alpha_range  # strengths (relative to ||h||) that strength matching may choose
 
 
 def edit(

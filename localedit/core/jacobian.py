@@ -27,6 +27,7 @@ from localedit.core.forward_ad import jvp
 from localedit.core.hspace import HState, decode
 from localedit.core.models import DiffusionModel, prediction_type
 from localedit.core.parameterisation import noise_gain
+from localedit.core.settings import MiningSettings
 from localedit.core.subspace import largest_angle_sine, project_out
 
 
@@ -115,7 +116,7 @@ def subspaces(
     model: DiffusionModel,
     state: HState,
     masks: torch.Tensor,
-    k: int = 8,
+    k: int = MiningSettings.k,
     max_iter: int = 30,
     tol: float = 1e-3,
     oversample: int = 2,

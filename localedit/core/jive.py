@@ -13,6 +13,7 @@ its singular-value spectrum as AJIVE's initial signal extraction does.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import warnings
@@ -218,6 +219,12 @@ class JIVE:
         self.max_iter = max_iter
         self.tol = tol
         self.random_state = random_state
+
+    def get_params(self) -> dict:
+        """The constructor's arguments (scikit-learn's convention): ``JIVE(**params)`` rebuilds the estimator,
+        and a run stores them as its JIVE settings."""
+        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters
+                if name != "self"}
 
     def fit(self, bases: Sequence[torch.Tensor],
             singular_values: Sequence[torch.Tensor] | None = None) -> "JIVE":

@@ -34,10 +34,11 @@ from localedit.core.jacobian import Subspace, subspaces
 from localedit.core.jive import JIVE, directions_outside, scaled_rows
 from localedit.core.models import DiffusionModel
 from localedit.core.regions import Region, complement
+from localedit.core.settings import MiningSettings
 from localedit.utils.pixels import to_signed
 
-DEFAULT_T = 500
-DEFAULT_K = 8
+DEFAULT_T = MiningSettings.t
+DEFAULT_K = MiningSettings.k
 
 
 @dataclass

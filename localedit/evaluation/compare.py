@@ -1,6 +1,7 @@
 """The method comparison: mine every method on source images, score it there and on held-out images.
 
-Orchestration only: scoring is ``localedit.evaluation.scoring``, strength matching
+Orchestration only: what is scored where is ``localedit.evaluation.plan`` (shared with the
+evaluation flow), scoring ``localedit.evaluation.scoring``, strength matching
 ``localedit.evaluation.matching``, the result files ``localedit.evaluation.layout``.
 """
 
@@ -22,12 +23,14 @@ from localedit.core.ddim import DEFAULT_STEPS, invert
 from localedit.core.mining import DEFAULT_K, DEFAULT_T
 from localedit.core.models import DiffusionModel
 from localedit.core.regions import Region, resolve_regions
+from localedit.core.settings import EditSettings, MiningSettings, jive_params
 from localedit.core.variation import fit_region_variation
 from localedit.evaluation import schema as col
-from localedit.evaluation.baselines import METHODS, Direction, method_directions
-from localedit.evaluation.layout import strip_path
-from localedit.evaluation.metrics import TARGET_CHANGE, Perceptual
-from localedit.evaluation.scoring import ImageSet, Scorer, evaluate_direction, prepare_images
+from localedit.evaluation.baselines import Direction, method_directions
+from localedit.evaluation.metrics import Perceptual
+from localedit.evaluation.plan import EvaluationResult, execute, expected_methods, plan_evaluation
+from localedit.evaluation.scoring import ImageSet, Scorer, prepare_images
+from localedit.evaluation.settings import EvaluationSettings
 from localedit.evaluation.summary import save_results
 from localedit.utils.pixels import to_signed
 
@@ -53,36 +56,21 @@ def variation_directions(model: DiffusionModel, x_T: torch.Tensor, regions: Sequ
 
 
 def compare(model: DiffusionModel, source: ImageSet, heldout: ImageSet, scorer: Scorer, t: int = DEFAULT_T,
-            k: int = DEFAULT_K, out_dir: str | Path | None = None, strip_images: int = 3, jive: dict | None = None,
+            k: int = DEFAULT_K, out_dir: str | Path | None = None,
+            strip_images: int = EvaluationSettings.strip_images, jive: dict | None = None,
             progress: bool = False, shared: Sequence[Direction] = ()) -> tuple[pd.DataFrame, list[Direction]]:
-    """Mine every method on each source image; score it there ("source") and on held-out images ("transfer").
-
-    Held-out image j gets the directions of source image j mod M, so every method is scored on
-    every held-out image exactly once whatever M is. The first source's directions also get a
-    sweep over alpha on a few of its held-out images, and a strip under ``out_dir`` when given.
-    ``shared`` directions (found on many images at once: region variation, references) are
-    matched on every source image and scored on every held-out image.
-    """
+    """Mine every method on each source image; score it there ("source") and on held-out images ("transfer"),
+    as ``plan_evaluation`` assigns them (with the ``shared`` directions, found on many images at once:
+    region variation, references); strips go under ``out_dir`` when given."""
     regions = list(scorer.regions.values())
-    rows, found = [], list(shared)
-    everything = list(range(len(heldout.keys)))
-    for d in shared:
-        rows.append(evaluate_direction(
-            model, d, scorer, (source, list(range(len(source.keys)))), [(heldout, everything)],
-            sweep_on=(heldout, everything[:strip_images]) if strip_images else None,
-            strip=strip_path(out_dir, d.id) if strip_images and out_dir is not None else None))
+    found = list(shared)
     for i, key in enumerate(tqdm(source.keys, desc="source images", disable=not progress)):
-        directions, _ = method_directions(model, None, regions, key, t, k, source.num_steps, seed=i,
-                                          x_T=source.x_T[i : i + 1].to(model.device), jive=jive)
-        transfer = list(range(i, len(heldout.keys), len(source.keys)))
-        showcase = i == 0 and strip_images > 0
-        for d in tqdm(directions, desc=key, leave=False, disable=not progress):
-            rows.append(evaluate_direction(
-                model, d, scorer, (source, [i]), [(heldout, transfer)],
-                sweep_on=(heldout, transfer[:strip_images]) if showcase else None,
-                strip=strip_path(out_dir, d.id) if showcase and out_dir is not None else None))
-        found += directions
-    return pd.concat(rows, ignore_index=True), found
+        found += method_directions(model, None, regions, key, t, k, source.num_steps, seed=i,
+                                   x_T=source.x_T[i : i + 1].to(model.device), jive=jive)[0]
+    settings = EvaluationSettings(target=scorer.target, n_source=len(source.keys), n_heldout=len(heldout.keys),
+                                  strip_images=strip_images)
+    plan = plan_evaluation(found, source.keys, len(heldout.keys), settings, scorer.edit, out_dir)
+    return execute(model, plan, source, heldout, scorer, progress), found
 
 
 def load_probe_or_note(path: str | Path | None = None) -> tuple[FactorProbe | None, str]:
@@ -101,16 +89,19 @@ def _both_eye_states(factors: pd.DataFrame, n: int) -> list[int]:
     return mixed[:n]
 
 
-def run_comparison(model: DiffusionModel, out_dir: str | Path, regions: str = "eyes,mouth", n_source: int = 4,
-                   n_heldout: int = 16, target: float = TARGET_CHANGE, t: int = DEFAULT_T, k: int = DEFAULT_K,
+def run_comparison(model: DiffusionModel, out_dir: str | Path, regions: str = MiningSettings.regions,
+                   n_source: int = EvaluationSettings.n_source, n_heldout: int = EvaluationSettings.n_heldout,
+                   target: float = EvaluationSettings.target, t: int = DEFAULT_T, k: int = DEFAULT_K,
                    num_steps: int = DEFAULT_STEPS, perceptual: Perceptual | None = None,
                    probe: FactorProbe | None = None, notes: dict | None = None, samples: str | Path = SAMPLES_DIR,
-                   jive: dict | None = None, progress: bool = False) -> dict:
+                   jive: dict | None = None, progress: bool = False) -> EvaluationResult:
     """The method comparison on the bundled samples: mine on the mining subset, transfer to held-out images.
 
+    ``jive``: the JIVE estimator's parameters (``JIVE.get_params``; default: JIVE's defaults).
     Writes metrics.parquet, evaluation.json and strips/ to ``out_dir``; returns evaluation.json's content.
     """
     start = time.perf_counter()
+    jive = jive_params(**(jive or {}))
     region_list = resolve_regions(regions, model.resolution)
     mine, mine_factors = load_samples("mine", samples)
     held, held_factors = load_samples("heldout", samples)
@@ -123,12 +114,14 @@ def run_comparison(model: DiffusionModel, out_dir: str | Path, regions: str = "e
                             x_T=mine_x_T[pick])
     heldout = prepare_images(model, held[:n_heldout], held_factors["file"][:n_heldout].tolist(), col.TRANSFER_SET,
                              num_steps)
-    scorer = Scorer({r.name: r for r in region_list}, perceptual, probe, target=target)
+    edit = EditSettings()
+    scorer = Scorer({r.name: r for r in region_list}, perceptual, probe, edit=edit, target=target)
     shared = [*variation_directions(model, mine_x_T, region_list, t, num_steps),
               *supervised_references(model, t, num_steps)]
     rows, _ = compare(model, source, heldout, scorer, t, k, out_dir, jive=jive, progress=progress, shared=shared)
     settings = {"model_source": model.source, "model_fingerprint": model.fingerprint, "regions": regions,
                 "chance_locality": {r.name: round(r.fraction, 3) for r in region_list},
                 "source_images": n_source, "heldout_images": n_heldout, "target_change": target, "t": t, "k": k,
-                "num_steps": num_steps, "jive": jive or {}, "seconds": round(time.perf_counter() - start, 1), **(notes or {})}
-    return save_results(out_dir, rows, settings, [*METHODS, *(d.method for d in shared if d.method.startswith(REFERENCE_PREFIX))])
+                "num_steps": num_steps, "jive": jive, "edit": edit.to_attrs(),
+                "seconds": round(time.perf_counter() - start, 1), **(notes or {})}
+    return EvaluationResult.from_summary(save_results(out_dir, rows, settings, expected_methods(shared)))

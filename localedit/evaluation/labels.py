@@ -15,10 +15,12 @@ import numpy as np
 import torch
 
 from localedit.bundled.probe import FactorProbe, factor_change, factor_purity, region_factors
-from localedit.core.ddim import DEFAULT_STEPS, EditSchedule, denoise
-from localedit.core.editing import ALPHA_RANGE, edit_many
+from localedit.core.ddim import DEFAULT_STEPS, denoise
+from localedit.core.editing import edit_many
 from localedit.core.models import DiffusionModel
-from localedit.evaluation.metrics import TARGET_CHANGE, locality, total_change
+from localedit.core.settings import EditSettings
+from localedit.evaluation.metrics import locality, total_change
+from localedit.evaluation.settings import EvaluationSettings
 from localedit.utils.pixels import to_unit
 
 PROBE_ALPHA = 0.1  # relative to ||h||: the first, probing edit, from which the matched strength is extrapolated
@@ -36,8 +38,9 @@ class Reading:
 
 
 def read_edits(model: DiffusionModel, x_T: torch.Tensor, vectors: torch.Tensor, regions: Sequence[str],
-               masks: torch.Tensor, probe: FactorProbe | None = None, target: float = TARGET_CHANGE,
-               schedule: EditSchedule = EditSchedule(), num_steps: int = DEFAULT_STEPS) -> list[Reading]:
+               masks: torch.Tensor, probe: FactorProbe | None = None,
+               target: float = EvaluationSettings.target, edit: EditSettings = EditSettings(),
+               num_steps: int = DEFAULT_STEPS) -> list[Reading]:
     """Edit the images with latents ``x_T`` (n, C, H, W) at +-alpha along each row of ``vectors`` (m, d) and read
     the edits of row j: label and purity (with ``probe``) for region name ``regions[j]``, and better-sign locality
     in its mask ``masks[j]`` (H, W).
@@ -45,13 +48,15 @@ def read_edits(model: DiffusionModel, x_T: torch.Tensor, vectors: torch.Tensor, 
     Like the evaluation, directions are compared at matched strength: a probing edit at
     ``PROBE_ALPHA`` gives each direction's RMS change, and alpha is scaled so the change would be
     ``target`` (one linear step, not the evaluation's bisection: edits are near linear at these
-    strengths). Both passes run every m x n x 2 edit batched (``editing.edit_many``).
+    strengths). Both passes run every m x n x 2 edit batched (``editing.edit_many``), applied as ``edit``
+    says (the catalogue's own settings, so a reading shows what ``localedit edit`` will do).
     """
+    schedule = edit.edit_schedule
     reference = to_unit(denoise(model, x_T.to(model.device), num_steps)).repeat_interleave(2, 0)
     probing = edit_many(model, x_T, vectors, [PROBE_ALPHA, -PROBE_ALPHA], schedule, num_steps)
     change = total_change(reference.expand(len(vectors), *reference.shape).flatten(0, 1),
                           probing.flatten(0, 2)).view(len(vectors), -1).mean(1)
-    alphas = (PROBE_ALPHA * target / change.clamp_min(1e-12)).clamp(*ALPHA_RANGE)
+    alphas = (PROBE_ALPHA * target / change.clamp_min(1e-12)).clamp(*edit.alpha_range)
     edited = edit_many(model, x_T, vectors, torch.stack([alphas, -alphas], 1), schedule, num_steps)
     out = []
     for region, mask, edits, alpha in zip(regions, masks, edited, alphas.tolist()):

@@ -52,9 +52,6 @@ def _check(original: torch.Tensor, edited: torch.Tensor) -> None:
         raise ValueError(f"need two (n, C, H, W) batches of one shape, got {tuple(original.shape)} and {tuple(edited.shape)}")
 
 
-TARGET_CHANGE = 0.03  # RMS pixel change (images in [0, 1]) every direction is matched to before it is scored
-
-
 def total_change(original: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
     """RMS pixel change over the whole image: the size that strength matching holds fixed."""
     _check(original, edited)

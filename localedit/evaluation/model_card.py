@@ -17,8 +17,9 @@ import torch
 
 from localedit.bundled.probe import FactorProbe, frechet_distance
 from localedit.bundled.synthetic import sample_faces
-from localedit.core.ddim import EditSchedule, reconstruct, sample
+from localedit.core.ddim import reconstruct, sample
 from localedit.core.models import DiffusionModel, predicted_x0
+from localedit.core.settings import EditSettings
 from localedit.utils.atomic import write_atomic
 from localedit.utils.pixels import to_signed, to_unit
 
@@ -77,7 +78,7 @@ def measure(model: DiffusionModel, probe: FactorProbe, n: int = 1000, seed: int 
 
 # The schedule the published card's edit figures were measured with (edits while t >= 500); the
 # product's default now edits every step, which benchmarks/direction_quality.py measures.
-CARD_SCHEDULE = EditSchedule("from_t_edit", 500)
+CARD_SCHEDULE = EditSettings(schedule="from_t_edit").edit_schedule
 
 
 def edit_locality(model: DiffusionModel, images: torch.Tensor, alpha: float = 0.2,
@@ -93,7 +94,7 @@ def edit_locality(model: DiffusionModel, images: torch.Tensor, alpha: float = 0.
     from localedit.core.regions import resolve_regions
     from localedit.evaluation.metrics import locality
 
-    regions = resolve_regions("eyes,mouth", model.resolution)
+    regions = resolve_regions("eyes,mouth", model.resolution)  # the card's two regions, by name (not a default)
     eyes = regions[0].mask
     shares: dict[str, list[float]] = {"eyes_individual": [], "joint": [], "mouth_individual": []}
     for image in images:

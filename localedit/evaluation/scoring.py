@@ -28,10 +28,12 @@ from localedit.core.ddim import DEFAULT_STEPS, EditSchedule, denoise, invert
 from localedit.core.editing import edit, write_strip
 from localedit.core.models import DiffusionModel
 from localedit.core.regions import Region
+from localedit.core.settings import EditSettings
 from localedit.evaluation import schema as col
 from localedit.evaluation.baselines import Direction
 from localedit.evaluation.matching import Match, match_strength
-from localedit.evaluation.metrics import TARGET_CHANGE, Perceptual, image_metrics, total_change
+from localedit.evaluation.metrics import Perceptual, image_metrics, total_change
+from localedit.evaluation.settings import EvaluationSettings
 from localedit.utils.pixels import to_signed, to_unit
 
 SWEEP = (-2.0, -1.0, -0.5, 0.5, 1.0, 2.0)  # multiples of the matched alpha for strips and locality-vs-alpha
@@ -95,13 +97,18 @@ def apply_direction(model: DiffusionModel, direction: Direction, images: ImageSe
 
 @dataclass
 class Scorer:
-    """What scoring needs besides the direction: the regions, the metric networks, the edit schedule, the target change."""
+    """What scoring needs besides the direction: the regions, the metric networks, how directions are applied
+    (a run's are scored as its catalogue says they apply), the target change."""
 
     regions: dict[str, Region]
     perceptual: Perceptual | None = None
     probe: FactorProbe | None = None
-    schedule: EditSchedule = field(default_factory=EditSchedule)
-    target: float = TARGET_CHANGE
+    edit: EditSettings = field(default_factory=EditSettings)
+    target: float = EvaluationSettings.target
+
+    @property
+    def schedule(self) -> EditSchedule:
+        return self.edit.edit_schedule
 
 
 def score_edits(direction: Direction, images: ImageSet, index: Sequence[int], edited: torch.Tensor,
@@ -148,7 +155,7 @@ def match_direction(model: DiffusionModel, direction: Direction, images: ImageSe
         edited = apply_direction(model, direction, images, index, (alpha, -alpha), scorer.schedule)
         return float(total_change(reference.repeat_interleave(2, 0), edited.flatten(0, 1)).mean()), edited
 
-    return match_strength(measure, scorer.target, **options)
+    return match_strength(measure, scorer.target, **{"bounds": scorer.edit.alpha_range, **options})
 
 
 def score_direction(model: DiffusionModel, direction: Direction, images: ImageSet, index: Sequence[int],

@@ -31,6 +31,7 @@ on the run's images), not by variance: the most global edit is ``joint/0``. With
 from __future__ import annotations
 
 import math
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from localedit.core.contrast import contrast_directions
 from localedit.core.hspace import encode
 from localedit.core.models import DiffusionModel
 from localedit.core.regions import Region
+from localedit.core.settings import CatalogueSettings, EditSettings
 from localedit.core.variation import RegionVariation
 from localedit.evaluation import schema as col  # the label columns the evaluation's rows carry on
 from localedit.evaluation.labels import Reading, closest_reference, read_edits
@@ -51,8 +53,7 @@ from localedit.store.runs import RunStore
 from localedit.utils.atomic import write_atomic
 
 CATALOGUE_NAME = "catalogue.parquet"
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_MIN_SUPPORT = 2
+EDIT_ATTR = "edit"  # the directions array's attribute holding the catalogue's EditSettings
 ATTRS = ("model_source", "model_fingerprint", "t", "k", "num_steps", "regions", "images", "image_sources",
          "resolution", "h_shape", "seed", "jive")
 
@@ -177,13 +178,15 @@ def _ids(found: list[Row], ranks: list[int], readings: list[Reading | None]) -> 
     return [name(group, method, rank) for group, (_, method, _, _), rank in zip(groups, found, ranks)]
 
 
-def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support: int = DEFAULT_MIN_SUPPORT,
-          model: DiffusionModel | None = None, probe: FactorProbe | None = None,
-          references: dict[str, torch.Tensor] | None = None) -> Path:
+def build(run_dir: str | Path, threshold: float = CatalogueSettings.threshold,
+          min_support: int = CatalogueSettings.min_support, model: DiffusionModel | None = None,
+          probe: FactorProbe | None = None, references: dict[str, torch.Tensor] | None = None,
+          edit: EditSettings = EditSettings()) -> Path:
     """Aggregate a finished run's per-image results into its catalogue; returns the parquet path.
 
     ``min_support`` is capped at the number of images, so a run over one image still lists its
-    directions. ``model`` (the run's) adds the region-variation and region-contrast rows and the
+    directions. ``edit`` (how the run's directions are applied) is stored with the catalogue:
+    its readings, ``localedit edit`` and the evaluation all apply a direction that way. ``model`` (the run's) adds the region-variation and region-contrast rows and the
     edit readings (label with ``probe``, locality) that choose each region's ``individual`` rows;
     ``references`` (factor -> unit h vector) adds each row's closest reference.
     """
@@ -218,7 +221,7 @@ def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support
         x_T = torch.stack([store.x_T(i) for i in range(min(LABEL_IMAGES, len(config.images)))])
         for i, reading in zip(read, read_edits(model, x_T, vectors[read], [found[i][0] for i in read],
                                                torch.stack([masks[found[i][0]] for i in read]), probe,
-                                               num_steps=config.num_steps)):
+                                               edit=edit, num_steps=config.num_steps)):
             readings[i] = reading
     ranks = _rank_joint_by_reading(found, ranks, readings)
     in_region = regions_of()
@@ -238,13 +241,30 @@ def build(run_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, min_support
     frame = pd.DataFrame(rows, columns=COLUMNS)
     path = store.run_dir / CATALOGUE_NAME
     path.unlink(missing_ok=True)  # from here until the rename below, the run has no catalogue
-    store.write_directions(vectors, frame["id"].tolist(), {"threshold": threshold, "min_support": min_support})
+    store.write_directions(vectors, frame["id"].tolist(), {"threshold": threshold, "min_support": min_support, EDIT_ATTR: edit.to_attrs()})
     return write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+class LegacyCatalogueWarning(UserWarning):
+    """A catalogue built before edit settings were stored with it: its directions are applied with the defaults."""
+
+
+def stored_edit(attrs: dict, where: Path) -> EditSettings:
+    """A catalogue's edit settings. A catalogue built before they were stored was read, evaluated and
+    edited on every reverse step (``EditSettings()``'s schedule), so it falls back to the defaults, with a
+    ``LegacyCatalogueWarning``."""
+    if EDIT_ATTR in attrs:
+        return EditSettings.from_attrs(attrs[EDIT_ATTR])
+    warnings.warn(f"catalogue {where} stores no edit settings (built by an older localedit); its directions are "
+                  f"applied with the defaults {EditSettings()} (rebuild it by rerunning `localedit mine`)",
+                  LegacyCatalogueWarning, stacklevel=3)
+    return EditSettings()
 
 
 class Catalogue:
     """The directions of one run: ``.frame`` (a DataFrame, one row per direction), ``.vector(id)``,
-    ``.attrs`` (run settings), ``.regions`` (name -> Region at the model's resolution)."""
+    ``.attrs`` (run settings), ``.edit`` (how its directions are applied: ``localedit edit``, the
+    evaluation and its strips all use it), ``.regions`` (name -> Region at the model's resolution)."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
@@ -256,6 +276,8 @@ class Catalogue:
         vectors, build_attrs = store.directions()
         self._vectors = torch.from_numpy(vectors)
         run_attrs = dict(store.group.attrs)
+        self.edit = stored_edit(build_attrs, self.run_dir)
+        build_attrs.pop(EDIT_ATTR, None)
         self.attrs = {**{key: run_attrs[key] for key in ATTRS}, "complements": bool(run_attrs.get("complements", False)),
                       **build_attrs, "run_id": store.run_id}
         regions = store.regions
@@ -277,6 +299,15 @@ class Catalogue:
             raise KeyError(f"no direction {id!r} in {self.run_dir}; ids: {', '.join(self.frame['id'])}")
         v = self._vectors[int(self.frame.at[match[0], "vector"])]
         return v / v.norm()
+
+    def apply(self, model: DiffusionModel, id: str, alphas, images: torch.Tensor | None = None,
+              x_T: torch.Tensor | None = None) -> torch.Tensor:
+        """Edit images (n, C, H, W in [0, 1]), or their inverted latents ``x_T``, along direction ``id`` at each
+        alpha, as the catalogue's edit settings say and with the run's DDIM steps, as the evaluation applies
+        it: (n, len(alphas), C, H, W) in [0, 1]."""
+        from localedit.core.editing import edit
+
+        return edit(model, images, self.vector(id), alphas, self.edit.edit_schedule, self.attrs["num_steps"], x_T=x_T)
 
     def check_model(self, model: DiffusionModel) -> None:
         """Refuse a model other than the one the directions were mined on: h-spaces do not transfer."""

@@ -49,6 +49,7 @@ import zarr
 from localedit.core.jacobian import Subspace
 from localedit.core.mining import Split, complement_name, complements_of
 from localedit.core.regions import Region
+from localedit.core.settings import MiningSettings, jive_params
 
 STORE_NAME = "store.zarr"
 LOCK_NAME = ".localedit-run.lock"
@@ -80,9 +81,13 @@ class RunConfig:
     t: int
     k: int
     num_steps: int
-    seed: int = 0
-    jive: dict = field(default_factory=dict)
-    complements: bool = False
+    seed: int = MiningSettings.seed
+    jive: dict = field(default_factory=jive_params)
+    complements: bool = False  # older runs, which lack the field, were the paper's form
+
+    def __post_init__(self):
+        # JIVE's full parameters (``JIVE.get_params``): a run stored with only some of them equals one with all.
+        object.__setattr__(self, "jive", jive_params(**self.jive))
 
     @property
     def h_dim(self) -> int:
