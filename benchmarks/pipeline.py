@@ -12,8 +12,9 @@ ratios mean anything.
 Per run: pairs per minute; ``core_utilisation`` = CPU seconds of the run's processes /
 (wall seconds x cores); ``machine_busy``, the same share for every process on the machine (what
 others took is the difference); the share of the flow's wall time with no task running
-(orchestration); the share of task-run time outside task bodies (in process, mostly waiting for
-the Jacobian lock); peak RSS of the largest process.
+(orchestration); the share of task-run time outside task bodies (Prefect's own work, model
+loads, store reads and writes, a task waiting for its upstream; in the per-block and
+lock-holding pipelines, mostly waiting for the Jacobian lock); peak RSS of the largest process.
 
     python benchmarks/pipeline.py --quick --json                # 6 images, in process vs Dask: a few minutes
     python benchmarks/pipeline.py --quick --baseline main --json
@@ -52,8 +53,20 @@ def _union_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def task_intervals(flow_run_id: str) -> tuple[tuple[float, float], list[tuple[float, float]]]:
-    """The flow run's (start, end) and every task run's, in epoch seconds, as the server recorded them."""
+CATALOGUE_TASK = "build-catalogue"
+
+
+def stage_seconds(runs: list[tuple[str, float, float]]) -> tuple[float, float]:
+    """(mining, catalogue) seconds of a flow's task runs (name, start, end): mining from the first start to the
+    last end of the per-image tasks (inversion, subspaces, splits), catalogue the build's own runs."""
+    per_image = [(a, b) for name, a, b in runs if name.startswith(("invert-", "subspaces-", "split-"))]
+    mining = max(b for _, b in per_image) - min(a for a, _ in per_image) if per_image else 0.0
+    return mining, sum(b - a for name, a, b in runs if name.startswith(CATALOGUE_TASK))
+
+
+def task_intervals(flow_run_id: str) -> tuple[tuple[float, float], list[tuple[str, float, float]]]:
+    """The flow run's (start, end) and every task run's (name, start, end), in epoch seconds, as the server
+    recorded them."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -66,7 +79,7 @@ def task_intervals(flow_run_id: str) -> tuple[tuple[float, float], list[tuple[fl
             runs += batch
             if len(batch) < page:
                 break
-    spans = [(r.start_time.timestamp(), r.end_time.timestamp()) for r in runs if r.start_time and r.end_time]
+    spans = [(r.name, r.start_time.timestamp(), r.end_time.timestamp()) for r in runs if r.start_time and r.end_time]
     return (flow.start_time.timestamp(), flow.end_time.timestamp()), spans
 
 
@@ -136,7 +149,9 @@ def mine(model: str, n: int, runner: str, out: Path, tree: Path = REPO, version:
         raise RuntimeError(f"{version} {runner} run failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     summary, wall = result["summary"], result["wall_seconds"]
-    (flow_start, flow_end), spans = task_intervals(summary["flow_run_id"])
+    (flow_start, flow_end), named = task_intervals(summary["flow_run_id"])
+    spans = [(a, b) for _, a, b in named]
+    mining_seconds, catalogue_seconds = stage_seconds(named)
     flow_wall = flow_end - flow_start
     in_runs = sum(b - a for a, b in spans)
     pairs = n * len(REGIONS.split(","))
@@ -145,13 +160,17 @@ def mine(model: str, n: int, runner: str, out: Path, tree: Path = REPO, version:
         "version": version, "runner": runner, "images": n, "pairs": pairs,
         "pairs_per_minute": pairs / wall * 60,
         "wall_seconds": wall,
+        # The per-image stages alone (the catalogue build after them changed between versions).
+        "mining_pairs_per_minute": pairs / mining_seconds * 60 if mining_seconds else None,
+        "mining_seconds": mining_seconds,
+        "catalogue_seconds": catalogue_seconds,
         "cpu_seconds": result["cpu_seconds"],
         "core_utilisation": result["cpu_seconds"] / (wall * cores),
         "machine_busy": result["machine_busy"],
         "peak_rss_mb": result["peak_rss_mb"],
         "flow_run_seconds": flow_wall,
         "outside_tasks_share": 1 - _union_seconds(spans) / flow_wall,
-        # Prefect's own work in a task run, and (in process) waiting for the Jacobian lock.
+        # Prefect's own work in a task run, store I/O, and (the per-block and lock-holding paths) lock waits.
         "task_run_share_outside_bodies": 1 - summary["task_seconds"] / in_runs,
         "task_body_seconds": summary["task_seconds"],
         "task_runs": len(spans),
@@ -161,17 +180,19 @@ def mine(model: str, n: int, runner: str, out: Path, tree: Path = REPO, version:
 
 def ratios(rows: list[dict]) -> dict:
     """Per image count, throughput ratios of runs measured in this invocation (new in-process is the base)."""
-    by = {(r["version"], r["runner"], r["images"]): r["pairs_per_minute"] for r in rows}
     out = {}
-    for n in sorted({r["images"] for r in rows}):
-        base = by.get(("new", "local", n))
-        if base is None:
-            continue
-        entry = {f"{runner.replace(':', '_')}_over_inprocess": rate / base
-                 for (version, runner, m), rate in by.items() if m == n and version == "new" and runner != "local"}
-        if ("old", "local", n) in by:
-            entry["new_over_old"] = base / by["old", "local", n]
-        out[n] = entry
+    for key, suffix in (("pairs_per_minute", ""), ("mining_pairs_per_minute", "_mining")):
+        by = {(r["version"], r["runner"], r["images"]): r[key] for r in rows if r.get(key)}
+        for n in sorted({r["images"] for r in rows}):
+            base = by.get(("new", "local", n))
+            if base is None:
+                continue
+            entry = out.setdefault(n, {})
+            entry.update({f"{runner.replace(':', '_')}_over_inprocess{suffix}": rate / base
+                          for (version, runner, m), rate in by.items()
+                          if m == n and version == "new" and runner != "local"})
+            if ("old", "local", n) in by:
+                entry[f"new_over_old{suffix}"] = base / by["old", "local", n]
     return out
 
 
@@ -191,17 +212,20 @@ def headline(rows: list[dict]) -> dict:
     if ("old", "local") in pick:
         figures["new_over_old"] = pick["new", "local"]["pairs_per_minute"] / pick["old", "local"]["pairs_per_minute"]
         figures["old_core_utilisation"] = pick["old", "local"]["core_utilisation"]
+    figures.update({name: value for name, value in ratios(rows).get(n, {}).items() if name.endswith("_mining")})
     return figures
 
 
 def markdown(rows: list[dict], described: str) -> str:
     lines = [f"Model: {described}; regions {REGIONS}.", "",
-             "| version | runner | images | pairs / min | wall (s) | core utilisation | machine busy | peak RSS (MB) | "
-             "outside tasks | in task runs, outside bodies | task bodies (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| version | runner | images | pairs / min | wall (s) | mining stages: pairs / min | catalogue (s) | "
+             "core utilisation | machine busy | peak RSS (MB) | outside tasks | in task runs, outside bodies | "
+             "task bodies (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['version']} | {r['runner']} | {r['images']} | {r['pairs_per_minute']:.1f} | "
-                     f"{r['wall_seconds']:.0f} | {r['core_utilisation']:.2f} | {r['machine_busy']:.2f} | "
+                     f"{r['wall_seconds']:.0f} | {r['mining_pairs_per_minute'] or 0:.1f} | {r['catalogue_seconds']:.0f} | "
+                     f"{r['core_utilisation']:.2f} | {r['machine_busy']:.2f} | "
                      f"{r['peak_rss_mb']:.0f} | {r['outside_tasks_share']:.1%} | "
                      f"{r['task_run_share_outside_bodies']:.1%} | {r['task_body_seconds']:.0f} |")
     lines.append("")

@@ -1,8 +1,9 @@
 """Mine a catalogue of local editing directions from many images.
 
 images (a folder, the bundled samples, or N samples from the model) x regions -> invert every
-image to the editing timestep t (one task per image) -> the subspaces of every region and
-complement of an image (one task per image, one linearisation) -> JIVE per image -> consensus
+image to the editing timestep t (one task per chunk of images, one batch through the U-Net) ->
+the subspaces of every region and complement of an image (one task per image, one
+linearisation; the tasks running at once compute side by side) -> JIVE per image -> consensus
 across images -> catalogue. Everything lands in
 one run directory (see ``localedit.store.runs``); rerunning on it resumes.
 
@@ -29,7 +30,7 @@ from flows.stopping import stoppable
 from localedit.core.settings import CatalogueSettings, EditSettings, MiningSettings, jive_params
 from localedit.store.runs import RunStore, run_lock
 from tasks.catalogue import build_catalogue
-from tasks.mine import image_subspaces, invert_image, split_image
+from tasks.mine import image_subspaces, invert_images, latent_chunks, split_image
 from tasks.prepare import plan_run, prepare_run
 from tasks.runtime import WORKER_CORES_ENV, cores, local_slots, wait_all
 
@@ -120,10 +121,11 @@ def _mine(run: dict, threshold: float, min_support: int, edit: EditSettings, gpu
     # Submitted stage by stage: a task waiting for its upstream holds a worker thread, so
     # interleaving the stages per image would fill every slot with waiting tasks.
     with dask.annotate(resources={"GPU": 1}) if gpu else nullcontext():
-        latents = {i: invert_image.submit(run_dir, i) for i in range(n)}
+        chunks = {chunk: invert_images.submit(run_dir, *chunk) for chunk in latent_chunks(n)}
+        latents = {i: future for (start, stop), future in chunks.items() for i in range(start, stop)}
         subspaces = {i: image_subspaces.submit(run_dir, i, wait_for=[latents[i]]) for i in range(n)}
     splits = {i: split_image.submit(run_dir, i, wait_for=[subspaces[i]]) for i in range(n)}
-    futures = {**{("latent", i): f for i, f in latents.items()},
+    futures = {**{("latent", chunk): f for chunk, f in chunks.items()},
                **{("subspace", i): f for i, f in subspaces.items()},
                **{("split", i): f for i, f in splits.items()}}
     wait_all(futures.values(), "mining", progress)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from localedit.core import forward_ad
 from localedit.core.hspace import encode
 from localedit.core.jacobian import MaskedJacobian
 from localedit.evaluation.baselines import x_space_subspaces
@@ -85,3 +86,26 @@ def test_two_threads_take_jacobians_at_once(tiny_model):
     assert not errors, errors
     for values in results.values():  # and every round computed the same numbers
         assert len(values) == 6 and all(torch.equal(values[0], v) for v in values[1:])
+
+
+def test_h_space_products_do_not_wait_for_the_forward_ad_guard(tiny_model):
+    """The mining engine's JVP is reverse mode twice, so an image's Jacobian runs while another thread holds the
+    forward-AD guard (before, a second subspace task waited for the first). Its JVP is the exact Jacobian's."""
+    masks = torch.ones(1, 16, 16)
+    x_t = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    state = encode(tiny_model.unet, x_t, 500)
+    V = torch.randn(1, state.h.numel(), 3, generator=torch.Generator().manual_seed(1))
+    done, result = threading.Event(), {}
+
+    def products():
+        op = MaskedJacobian(tiny_model, state, masks)
+        result["jv"] = op.jvp(V)
+        done.set()
+
+    with forward_ad.exclusive():  # held by this thread throughout
+        worker = threading.Thread(target=products, daemon=True)
+        worker.start()
+        assert done.wait(timeout=60), "the products waited for the forward-AD guard"
+    op = MaskedJacobian(tiny_model, state, masks)
+    reverse = torch.autograd.functional.jacobian(op._f, state.h).reshape(-1, state.h.numel())  # rows by VJPs
+    torch.testing.assert_close(result["jv"][0].reshape(3, -1), (reverse @ V[0]).T, atol=1e-5, rtol=1e-4)

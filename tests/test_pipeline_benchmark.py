@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.pipeline import _union_seconds, headline, ratios, runner_arguments
+from benchmarks.pipeline import _union_seconds, headline, ratios, runner_arguments, stage_seconds
 
 
 def row(version: str, runner: str, images: int, rate: float, utilisation: float = 0.5) -> dict:
@@ -33,3 +33,14 @@ def test_runner_spelling_and_interval_union():
     assert runner_arguments("dask") == {"runner": "dask"}
     assert runner_arguments("dask:2") == {"runner": "dask", "workers": 2}
     assert _union_seconds([(0, 2), (1, 3), (5, 6)]) == 4
+
+
+def test_mining_stages_leave_out_the_catalogue_build_and_get_their_own_ratios():
+    runs = [("invert-0:8", 10.0, 20.0), ("subspaces-0", 20.0, 40.0), ("split-0", 40.0, 41.0),
+            ("subspaces-1", 25.0, 45.0), ("build-catalogue-abc", 46.0, 106.0)]
+    assert stage_seconds(runs) == (35.0, 60.0)
+    rows = [dict(row("new", "local", 6, 20.0), mining_pairs_per_minute=30.0),
+            dict(row("old", "local", 6, 10.0), mining_pairs_per_minute=10.0),
+            dict(row("new", "dask", 6, 10.0), mining_pairs_per_minute=None)]  # no stage times: left out
+    assert ratios(rows) == {6: {"dask_over_inprocess": 0.5, "new_over_old": 2.0, "new_over_old_mining": 3.0}}
+    assert headline(rows)["new_over_old_mining"] == 3.0
