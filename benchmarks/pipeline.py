@@ -24,6 +24,7 @@ lock-holding pipelines, mostly waiting for the Jacobian lock); peak RSS of the l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -128,7 +129,7 @@ def child(spec: dict) -> dict:
     wall = time.perf_counter() - start
     busy_after, ticks_after = _machine_jiffies()
     rss = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return {"summary": summary, "wall_seconds": wall, "cpu_seconds": _cpu_seconds() - cpu,
+    return {"summary": dataclasses.asdict(summary), "wall_seconds": wall, "cpu_seconds": _cpu_seconds() - cpu,
             "machine_busy": (busy_after - busy) / max(1, ticks_after - ticks), "peak_rss_mb": rss / 1024}
 
 

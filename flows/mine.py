@@ -18,6 +18,7 @@ import inspect
 import os
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import datetime
 
 import dask
@@ -30,13 +31,30 @@ from flows.stopping import stoppable
 from localedit.core.settings import CatalogueSettings, EditSettings, MiningSettings, jive_params
 from localedit.store.runs import RunStore, run_lock
 from tasks.catalogue import build_catalogue
-from tasks.mine import image_subspaces, invert_images, latent_chunks, split_image
+from tasks.mine import NOTHING, StageCount, image_subspaces, invert_images, latent_chunks, split_image
 from tasks.prepare import plan_run, prepare_run
 from tasks.runtime import WORKER_CORES_ENV, cores, local_slots, wait_all
 
 RUNNERS = ("local", "dask")
 MINING = MiningSettings()  # the flow's parameter defaults
 OMP_WAIT_POLICY = "OMP_WAIT_POLICY"  # read by OpenMP when torch loads: set in a worker's environment
+
+
+@dataclass(frozen=True)
+class MiningResult:
+    """What a mining flow run did: where its run and catalogue are, and per stage what its tasks computed."""
+
+    run_dir: str
+    run_id: str
+    flow_run_id: str
+    catalogue: str
+    tasks: dict[str, StageCount]  # "latent", "subspace", "split"
+    task_seconds: float  # computing inside the tasks, summed over tasks
+    wall_seconds: float
+
+    def counts_text(self) -> str:
+        """``latent 24 computed/0 skipped, ...``: one line for logs and the console."""
+        return ", ".join(f"{stage} {c.computed} computed/{c.skipped} skipped" for stage, c in self.tasks.items())
 
 
 @flow(name="mine-directions", task_runner=ThreadPoolTaskRunner(max_workers=local_slots()))
@@ -61,7 +79,7 @@ def mine_directions(
     t_edit: int = EditSettings.t_edit,
     gpu: bool = False,
     progress: bool = True,
-) -> dict:
+) -> MiningResult:
     """Mine joint and individual h-space directions of ``regions`` over many images into a catalogue.
 
     Defaults: ``localedit.core.settings`` (``MiningSettings``, ``CatalogueSettings``, ``EditSettings``).
@@ -115,7 +133,7 @@ def preparation(parameters: dict) -> dict:
 
 
 def _mine(run: dict, threshold: float, min_support: int, edit: EditSettings, gpu: bool, progress: bool,
-          start: float) -> dict:
+          start: float) -> MiningResult:
     """The flow's task graph over a prepared run (its lock held)."""
     run_dir, n = run["run_dir"], run["images"]
     # Submitted stage by stage: a task waiting for its upstream holds a worker thread, so
@@ -131,18 +149,13 @@ def _mine(run: dict, threshold: float, min_support: int, edit: EditSettings, gpu
     wait_all(futures.values(), "mining", progress)
     reports = {key: future.result() for key, future in futures.items()}  # raises the first failure
     catalogue = build_catalogue(run_dir, threshold, min_support, edit)
-    counts = {stage: {"computed": 0, "skipped": 0} for stage in ("latent", "subspace", "split")}
+    counts = dict.fromkeys(("latent", "subspace", "split"), NOTHING)
     for (stage, _), report in reports.items():
-        for status in ("computed", "skipped"):
-            counts[stage][status] += report[status]
-    summary = {
-        "run_dir": run_dir, "run_id": run["run_id"], "flow_run_id": str(flow_run.id), "catalogue": catalogue,
-        "tasks": counts,
-        "task_seconds": sum(r["seconds"] for r in reports.values()),
-        "wall_seconds": time.perf_counter() - start,
-    }
-    get_run_logger().info(f"mined {n} images x {len(run['regions'])} regions into {catalogue}: {counts}")
-    return summary
+        counts[stage] += report
+    result = MiningResult(run_dir, run["run_id"], str(flow_run.id), catalogue, counts,
+                          sum(c.seconds for c in counts.values()), time.perf_counter() - start)
+    get_run_logger().info(f"mined {n} images x {len(run['regions'])} regions into {catalogue}: {result.counts_text()}")
+    return result
 
 
 def task_runner(runner: str = "local", dask_address: str | None = None, workers: int | None = None,
@@ -171,7 +184,7 @@ def task_runner(runner: str = "local", dask_address: str | None = None, workers:
 
 
 def run_mining(runner: str = "local", dask_address: str | None = None, workers: int | None = None,
-               **parameters) -> dict:
+               **parameters) -> MiningResult:
     """Run ``mine_directions`` on the chosen task runner (the entry point of ``localedit mine``)."""
     chosen = task_runner(runner, dask_address, workers, parameters.get("gpu", False))
     plan_run(**preparation(parameters))  # bad input fails here, in one line, before Prefect starts anything

@@ -125,11 +125,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_mining(summary: dict) -> None:
-    tasks = ", ".join(f"{stage} {c['computed']} computed/{c['skipped']} skipped" for stage, c in summary["tasks"].items())
-    print(f"run: {summary['run_dir']} ({tasks}; {summary['wall_seconds']:.0f} s wall, "
-          f"{summary['task_seconds']:.0f} s in tasks)")
-    print(f"catalogue: {summary['catalogue']}")
+def _print_mining(summary) -> None:
+    """Two console lines for a ``flows.mine.MiningResult``."""
+    print(f"run: {summary.run_dir} ({summary.counts_text()}; {summary.wall_seconds:.0f} s wall, "
+          f"{summary.task_seconds:.0f} s in tasks)")
+    print(f"catalogue: {summary.catalogue}")
 
 
 def _direction_strip(cat, model, direction: str, images: torch.Tensor, alphas, path: Path) -> Path:
@@ -219,7 +219,7 @@ def _run(args: argparse.Namespace) -> int:
     summary = run_mining(runner=args.runner, out=args.out, model=args.model, images="bundled",
                          **mining_parameters(BUNDLED_RUN))
     _print_mining(summary)
-    cat = catalogue.open(summary["run_dir"])
+    cat = catalogue.open(summary.run_dir)
     model = load_model(args.model)
     cat.check_model(model)
     heldout = load_samples("heldout")[0][: args.heldout]
@@ -228,16 +228,16 @@ def _run(args: argparse.Namespace) -> int:
               f">= {cat.attrs['threshold']}: no strips (mine with a lower --threshold to see weaker ones)")
     evaluate = bool(len(cat) and args.evaluate_heldout)  # then the evaluation strips these directions at matched strength
     for direction in () if evaluate else cat.frame.query("rank == 0")["id"]:
-        path = strip_path(summary["run_dir"], direction)
+        path = strip_path(summary.run_dir, direction)
         print(f"strip: {_direction_strip(cat, model, direction, heldout, None, path)}")
     if evaluate:
         from flows.evaluate import evaluate_directions
         from localedit.evaluation.report import text_table
 
-        result = evaluate_directions(summary["run_dir"], heldout=args.evaluate_heldout, baselines=args.baselines)
+        result = evaluate_directions(summary.run_dir, heldout=args.evaluate_heldout, baselines=args.baselines)
         print(text_table(result.methods))
-        print(f"catalogue: {Path(summary['run_dir']) / 'catalogue.parquet'}")
-        print(f"strips: {Path(summary['run_dir']) / STRIPS_DIR}")
+        print(f"catalogue: {Path(summary.run_dir) / 'catalogue.parquet'}")
+        print(f"strips: {Path(summary.run_dir) / STRIPS_DIR}")
         print(f"report: {result.report}")
     return 0
 

@@ -1,15 +1,16 @@
 """The per-image steps of a mining run, each the only writer of its chunks in the run store.
 
 Each task first checks its completion marks and returns at once when the work is already in
-the store, so a resumed run recomputes nothing that is complete. Each returns
-``{"computed": n, "skipped": m, "seconds": ...}``, counting the units of its stage (an image's
-latent, an image's subspace blocks, a split). Latents are computed a chunk of images at a time
+the store, so a resumed run recomputes nothing that is complete. Each returns a ``StageCount``
+of the units of its stage it computed and skipped (an image's latent, an image's subspace
+blocks, a split). Latents are computed a chunk of images at a time
 (one batch through the U-Net), the rest one image at a time.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 from prefect import task
@@ -20,11 +21,20 @@ from localedit.store.runs import RunStore
 from localedit.utils.pixels import to_signed, to_unit
 from tasks.runtime import GPU_TASK_OPTIONS, TASK_OPTIONS, cached_model, use_thread_share
 
-SKIPPED = {"computed": 0, "skipped": 1, "seconds": 0.0}
+
+@dataclass(frozen=True)
+class StageCount:
+    """What mining tasks did: units of their stage computed and skipped, and the seconds spent computing."""
+
+    computed: int
+    skipped: int
+    seconds: float = 0.0
+
+    def __add__(self, other: "StageCount") -> "StageCount":
+        return StageCount(self.computed + other.computed, self.skipped + other.skipped, self.seconds + other.seconds)
 
 
-def _computed(start: float) -> dict:
-    return {"computed": 1, "skipped": 0, "seconds": time.perf_counter() - start}
+NOTHING = StageCount(0, 0)
 
 
 # Images per inversion task. The U-Net on this CPU costs ~1.6x less per image at batch 4 than at
@@ -40,7 +50,7 @@ def latent_chunks(n: int, size: int = LATENT_BATCH) -> list[tuple[int, int]]:
 
 
 @task(name="invert-images", task_run_name="invert-{start}:{stop}", **GPU_TASK_OPTIONS)
-def invert_images(run_dir: str, start: int, stop: int) -> dict:
+def invert_images(run_dir: str, start: int, stop: int) -> StageCount:
     """DDIM-invert images ``start`` to ``stop - 1`` to x_T (a sampled image is first decoded from its seeded
     noise) and denoise them to x_t, as one batch through the U-Net.
 
@@ -51,7 +61,7 @@ def invert_images(run_dir: str, start: int, stop: int) -> dict:
     store = RunStore(run_dir)
     pending = [i for i in range(start, stop) if not store.latent_done(i)]
     if not pending:
-        return {"computed": 0, "skipped": stop - start, "seconds": 0.0}
+        return StageCount(0, stop - start)
     begin = time.perf_counter()
     use_thread_share()
     config = store.config
@@ -69,11 +79,11 @@ def invert_images(run_dir: str, start: int, stop: int) -> dict:
     seconds = time.perf_counter() - begin
     for j, i in enumerate(pending):  # each image's mark carries its share of the batch's time
         store.write_latent(i, latent.x_T[j], latent.x_t[j], seconds / len(pending), images.get(i))
-    return {"computed": len(pending), "skipped": stop - start - len(pending), "seconds": seconds}
+    return StageCount(len(pending), stop - start - len(pending), seconds)
 
 
 @task(name="image-subspaces", task_run_name="subspaces-{index}", **GPU_TASK_OPTIONS)
-def image_subspaces(run_dir: str, index: int) -> dict:
+def image_subspaces(run_dir: str, index: int) -> StageCount:
     """Top-k subspaces of the masked Jacobians d(mask * eps)/dh of every block (regions and complements)
     of one image that the store still lacks, all from one linearisation at the image's x_t.
 
@@ -88,7 +98,7 @@ def image_subspaces(run_dir: str, index: int) -> dict:
     config = store.config
     blocks = store.pending_blocks(index)
     if not blocks:
-        return {"computed": 0, "skipped": len(config.blocks), "seconds": 0.0}
+        return StageCount(0, len(config.blocks))
     use_thread_share()
     model = cached_model(config.model_source, config.model_fingerprint)
     latent = Latent(store.x_T(index)[None], store.x_t(index)[None].to(model.device), config.t)
@@ -97,15 +107,15 @@ def image_subspaces(run_dir: str, index: int) -> dict:
     found = region_subspaces(model, latent, regions, config.k)
     seconds = time.perf_counter() - start
     store.write_subspaces(index, dict(zip(blocks, found)), seconds)
-    return {"computed": len(blocks), "skipped": len(config.blocks) - len(blocks), "seconds": seconds}
+    return StageCount(len(blocks), len(config.blocks) - len(blocks), seconds)
 
 
 @task(name="split-image", task_run_name="split-{index}", **TASK_OPTIONS)
-def split_image(run_dir: str, index: int) -> dict:
+def split_image(run_dir: str, index: int) -> StageCount:
     """JIVE of one image's region (and complement) subspaces into joint and individual bases."""
     store = RunStore(run_dir)
     if store.split_done(index):
-        return SKIPPED
+        return StageCount(0, 1)
     start = time.perf_counter()
     use_thread_share()
     config = store.config
@@ -113,4 +123,4 @@ def split_image(run_dir: str, index: int) -> dict:
     R = len(config.regions)
     split = split_subspaces(blocks[:R], blocks[R:] if config.complements else None, config.jive)
     store.write_split(index, split, time.perf_counter() - start)
-    return _computed(start)
+    return StageCount(1, 0, time.perf_counter() - start)

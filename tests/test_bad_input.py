@@ -69,7 +69,7 @@ def test_case_whole_image_region_in_paper_mode_mines(prefect_api, tmp_path):
     summary = mine_directions(out=str(out), model=str(model), samples=1, k=2, num_steps=10,
                               regions=str(folder / "regions_whole.json"), complements=False, joint_rank=1,
                               min_support=1, progress=False)
-    assert summary["tasks"]["subspace"]["computed"] == 2 and RunStore(out).progress()["split"] == (1, 1)
+    assert summary.tasks["subspace"].computed == 2 and RunStore(out).progress()["split"] == (1, 1)
     with pytest.raises(ValueError, match=r"regions \['face'\] cover the whole image"):  # with complements: refused
         mine_directions(out=str(tmp_path / "refused"), model=str(model), samples=1, k=2, num_steps=10,
                         regions=str(folder / "regions_whole.json"), progress=False)

@@ -90,8 +90,9 @@ def _assert_same_catalogue(a, b):
 def test_end_to_end_layout_attributes_and_catalogue(mined, models):
     run_dir, summary = mined
     # Two regions and, by default, their two complements: 4 subspaces per image.
-    assert summary["tasks"] == {"latent": {"computed": 6, "skipped": 0}, "subspace": {"computed": 24, "skipped": 0},
-                                "split": {"computed": 6, "skipped": 0}}
+    assert {stage: (c.computed, c.skipped) for stage, c in summary.tasks.items()} == {
+        "latent": (6, 0), "subspace": (24, 0), "split": (6, 0)}
+    assert summary.task_seconds == sum(c.seconds for c in summary.tasks.values()) > 0
     store = RunStore(run_dir)
     assert store.progress() == {"latent": (6, 6), "subspace": (24, 24), "split": (6, 6)}
     attrs = dict(store.group.attrs)
@@ -115,7 +116,7 @@ def test_end_to_end_layout_attributes_and_catalogue(mined, models):
         torch.testing.assert_close(store.x_T(i), alone.x_T[0], atol=1e-3, rtol=0)
         torch.testing.assert_close(store.x_t(i), alone.x_t[0], atol=5e-3, rtol=0)
     cat = catalogue.open(run_dir)
-    assert Path(summary["catalogue"]) == run_dir / catalogue.CATALOGUE_NAME
+    assert Path(summary.catalogue) == run_dir / catalogue.CATALOGUE_NAME
     assert set(cat.frame["kind"]) == {"individual", "joint"} and {"eyes", "mouth"} <= set(cat.frame["region"])
     # Within one family a region's directions are orthonormal (families are mined independently).
     for _, group in cat.frame.groupby(["region", "kind", "method"]):
@@ -129,8 +130,8 @@ def test_rerun_recomputes_nothing(mined, models, server):
     stamps = [p.stat().st_mtime_ns for p in chunks]
     before = catalogue.open(run_dir).frame
     summary = mine_directions(out=str(run_dir), model=models["tiny"], progress=False, **SETTINGS)
-    assert {stage: c["computed"] for stage, c in summary["tasks"].items()} == {"latent": 0, "subspace": 0, "split": 0}
-    assert summary["tasks"]["subspace"]["skipped"] == 24
+    assert {stage: c.computed for stage, c in summary.tasks.items()} == {"latent": 0, "subspace": 0, "split": 0}
+    assert summary.tasks["subspace"].skipped == 24
     assert [p.stat().st_mtime_ns for p in chunks] == stamps
     pd.testing.assert_frame_equal(catalogue.open(run_dir).frame.drop(columns="created_at"),
                                   before.drop(columns="created_at"))
@@ -148,7 +149,7 @@ def test_resume_computes_only_the_blocks_not_yet_marked(mined, models, server, t
     basis[0, 2] = 0
     basis[3] = 0
     summary = mine_directions(out=str(run_dir), model=models["tiny"], progress=False, **SETTINGS)
-    assert summary["tasks"]["subspace"] == {"computed": 5, "skipped": 19}
+    assert (summary.tasks["subspace"].computed, summary.tasks["subspace"].skipped) == (5, 19)
     resumed, reference = _bases(run_dir), _bases(mined[0])
     for name in reference:
         np.testing.assert_allclose(resumed[name], reference[name], atol=1e-6, err_msg=name)
@@ -179,8 +180,8 @@ def test_kill_9_mid_run_resumes_to_identical_bases(mined, models, server, tmp_pa
                 basis, _ = store.subspace(i, region)
                 torch.testing.assert_close(basis.T @ basis, torch.eye(3), atol=1e-4, rtol=0)
     summary = run_mining(out=str(run_dir), model=models["tiny"], progress=False, **SETTINGS)
-    assert summary["tasks"]["subspace"]["skipped"] == progress["subspace"][0]
-    assert summary["tasks"]["subspace"]["computed"] == 24 - progress["subspace"][0]
+    assert summary.tasks["subspace"].skipped == progress["subspace"][0]
+    assert summary.tasks["subspace"].computed == 24 - progress["subspace"][0]
     assert not list((run_dir / STORE_NAME).rglob("*.partial"))
     resumed, reference = _bases(run_dir), _bases(mined[0])
     for name in reference:
@@ -195,10 +196,10 @@ def test_dask_on_a_local_cluster_matches_in_process(mined, models, server, tmp_p
     # gpu=True: model-heavy tasks ask for a "GPU" worker resource, which this cluster's workers offer.
     summary = run_mining(runner="dask", workers=2, gpu=True, out=str(tmp_path / "dask"), model=models["tiny"],
                          progress=False, **SETTINGS)
-    assert summary["tasks"]["subspace"]["computed"] == 24
+    assert summary.tasks["subspace"].computed == 24
     _assert_same_catalogue(tmp_path / "dask", mined[0])
     with get_client(sync_client=True) as client:  # the workers reported their task runs to the server
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(summary["flow_run_id"])])))
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(summary.flow_run_id)])))
     names = [r.name for r in runs if r.state.is_completed()]
     assert sum(n.startswith("subspaces-") for n in names) == 6
     assert [n for n in names if n.startswith("invert-")] == ["invert-0:6"]  # one batch: LATENT_BATCH is 8
@@ -267,7 +268,7 @@ def test_resuming_with_other_settings_is_refused(mined, models, server):
     run_dir, summary = mined
     with pytest.raises(ValueError, match="other settings.*k: 3 != 4"):
         mine_directions(out=str(run_dir), model=models["tiny"], progress=False, **(SETTINGS | {"k": 4}))
-    assert RunStore(run_dir).run_id == summary["run_id"]
+    assert RunStore(run_dir).run_id == summary.run_id
 
 
 def test_catalogue_and_edit_commands(mined, models, tmp_path, capsys):
