@@ -129,7 +129,9 @@ def child(spec: dict) -> dict:
     wall = time.perf_counter() - start
     busy_after, ticks_after = _machine_jiffies()
     rss = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return {"summary": dataclasses.asdict(summary), "wall_seconds": wall, "cpu_seconds": _cpu_seconds() - cpu,
+    if dataclasses.is_dataclass(summary):  # a MiningResult; a --baseline revision may return a dict
+        summary = dataclasses.asdict(summary)
+    return {"summary": summary, "wall_seconds": wall, "cpu_seconds": _cpu_seconds() - cpu,
             "machine_busy": (busy_after - busy) / max(1, ticks_after - ticks), "peak_rss_mb": rss / 1024}
 
 
