@@ -66,7 +66,7 @@ def evaluate_directions(run_dir: str, heldout: int = DEFAULTS.n_heldout, sources
         found = [baseline_directions.submit(run, i) for i in range(len(run.source.keys))]
         wait_all(found, "baselines", progress)
         directions += [d for future in found for d in future.result()]
-    plan = plan_evaluation(directions, run.source.keys, len(run.heldout.keys), settings, run.scorer.edit, run_dir,
+    plan = plan_evaluation(directions, run.source.keys, len(run.heldout.keys), settings, run_dir,
                            expected_methods(directions, baselines, run.complements))
     matches, scored = [], []
     for a in plan.assignments:

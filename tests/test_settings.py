@@ -111,7 +111,7 @@ def test_edit_command_and_evaluation_apply_a_direction_as_the_catalogue_says(edi
     settings = EvaluationSettings(n_source=1, n_heldout=1, strip_images=0)
     prepared = prepare_evaluation.fn(str(run), settings, str(tiny_files / "samples"))
     ours = [d for d in catalogue_directions.fn(str(run), 1) if d.id == f"catalogue:{direction}"]
-    plan = plan_evaluation(ours, prepared.source.keys, 1, settings, prepared.scorer.edit)
+    plan = plan_evaluation(ours, prepared.source.keys, 1, settings)
     matched = match_task.fn(prepared, plan.assignments[0])
     score_task.fn(prepared, plan.assignments[0], matched)
     by_evaluation = set(_Recorded.seen)

@@ -69,7 +69,7 @@ def compare(model: DiffusionModel, source: ImageSet, heldout: ImageSet, scorer: 
                                    x_T=source.x_T[i : i + 1].to(model.device), jive=jive)[0]
     settings = EvaluationSettings(target=scorer.target, n_source=len(source.keys), n_heldout=len(heldout.keys),
                                   strip_images=strip_images)
-    plan = plan_evaluation(found, source.keys, len(heldout.keys), settings, scorer.edit, out_dir)
+    plan = plan_evaluation(found, source.keys, len(heldout.keys), settings, out_dir)
     return execute(model, plan, source, heldout, scorer, progress), found
 
 

@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 
 from localedit.bundled.references import REFERENCE_PREFIX
 from localedit.core.models import DiffusionModel
-from localedit.core.settings import EditSettings
 from localedit.evaluation.baselines import METHODS, Direction
 from localedit.evaluation.layout import strip_path
 from localedit.evaluation.scoring import ImageSet, Scorer, evaluate_direction
@@ -44,10 +43,10 @@ class Assignment:
 @dataclass(frozen=True)
 class EvaluationPlan:
     """Every direction's ``Assignment``, with the settings they are evaluated under and the methods the summary
-    lists even when none of their directions was found."""
+    lists even when none of their directions was found. How a direction is applied travels with the scorer
+    (``Scorer.edit``), which both paths build from the run's catalogue."""
 
     settings: EvaluationSettings
-    edit: EditSettings
     assignments: tuple[Assignment, ...]
     expected_methods: tuple[str, ...]
 
@@ -68,8 +67,7 @@ def expected_methods(directions: Sequence[Direction], baselines: bool = True,
 
 
 def plan_evaluation(directions: Sequence[Direction], source_keys: Sequence[str], n_heldout: int,
-                    settings: EvaluationSettings = EvaluationSettings(), edit: EditSettings = EditSettings(),
-                    out_dir: str | Path | None = None, expected: Sequence[str] = ()) -> EvaluationPlan:
+                    settings: EvaluationSettings = EvaluationSettings(), out_dir: str | Path | None = None, expected: Sequence[str] = ()) -> EvaluationPlan:
     """The plan for ``directions`` (a ``Direction.source`` of None: found on many images) over the source
     images ``source_keys`` and ``n_heldout`` held-out images (the rule: the module docstring); strips go
     under ``out_dir`` when given."""
@@ -84,7 +82,7 @@ def plan_evaluation(directions: Sequence[Direction], source_keys: Sequence[str],
         sweep_on = score_on[: settings.strip_images] if own == 0 else ()
         strip = strip_path(out_dir, d.id) if sweep_on and out_dir is not None else None
         assignments.append(Assignment(d, match_on, score_on, sweep_on, strip))
-    return EvaluationPlan(settings, edit, tuple(assignments), tuple(expected))
+    return EvaluationPlan(settings, tuple(assignments), tuple(expected))
 
 
 def execute(model: DiffusionModel, plan: EvaluationPlan, source: ImageSet, heldout: ImageSet, scorer: Scorer,
