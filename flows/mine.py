@@ -38,6 +38,11 @@ from tasks.runtime import WORKER_CORES_ENV, cores, local_slots, wait_all
 RUNNERS = ("local", "dask")
 MINING = MiningSettings()  # the flow's parameter defaults
 OMP_WAIT_POLICY = "OMP_WAIT_POLICY"  # read by OpenMP when torch loads: set in a worker's environment
+# Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also pins glibc's mmap
+# threshold at 128 KiB: every activation tensor is then mapped, zeroed and unmapped, and a worker's
+# Jacobian took 1.75x the CPU seconds of the same call in process (benchmarks/RESULTS.md). None
+# unsets it for the workers our LocalClusters start (a cluster at --dask-address needs the same).
+WORKER_PRE_SPAWN_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,7 @@ def task_runner(runner: str = "local", dask_address: str | None = None, workers:
     # busy with other work, spinning threads that wait for a descheduled one made a 2-thread
     # Jacobian ~4x slower than a 1-thread one (benchmarks/RESULTS.md).
     env = {WORKER_CORES_ENV: str(max(1, cores() // n)), OMP_WAIT_POLICY: os.environ.get(OMP_WAIT_POLICY, "PASSIVE")}
+    dask.config.set(WORKER_PRE_SPAWN_ENVIRON)  # read when the nanny starts, inside the flow run
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
         "n_workers": n, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
         "dashboard_address": None, "env": env, "resources": {"GPU": 1} if gpu else None,

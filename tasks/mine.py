@@ -38,10 +38,12 @@ NOTHING = StageCount(0, 0)
 
 
 # Images per inversion task. The U-Net on this CPU costs ~1.6x less per image at batch 4 than at
-# batch 1 and ~1.9x less at batch 16 (one thread), and a run's images all need the same 125
-# forward passes (sampling, inversion, denoising to t), so a chunk of images goes through them as
-# one batch. Fixed, not derived from the runner's slots, so every runner batches alike.
-LATENT_BATCH = 8
+# batch 1 (one thread) and about the same at batch 8 (CPU time per image within the noise of a
+# shared machine), and a run's images all need the same 125 forward passes (sampling, inversion,
+# denoising to t), so a chunk of images goes through them as one batch. 4, not 8: an 8-image run
+# then inverts on both cores of this machine instead of one while its subspace tasks wait.
+# Fixed, not derived from the runner's slots, so every runner batches alike.
+LATENT_BATCH = 4
 
 
 def latent_chunks(n: int, size: int = LATENT_BATCH) -> list[tuple[int, int]]:
