@@ -27,6 +27,7 @@ from localedit.evaluation.metrics import load_lpips
 from localedit.evaluation.plan import Assignment, EvaluationResult, catalogue_methods
 from localedit.evaluation.report import text_table, write_report
 from localedit.evaluation.scoring import (
+    ALPHA_HINT,
     ImageSet,
     Scorer,
     match_direction,
@@ -125,7 +126,7 @@ def catalogue_directions(run_dir: str, max_rank: int) -> list[Direction]:
     return [Direction(f"catalogue:{row.id}", row.method, row.region if row.kind == "individual" else None, "h",
                       cat.vector(row.id), int(row.t), None,
                       {"consistency": float(row.consistency), "support": int(row.support), col.LABEL: row.label,
-                       col.LABEL_SHARE: float(row.label_share)})
+                       col.LABEL_SHARE: float(row.label_share), ALPHA_HINT: float(row.edit_alpha)})
             for row in rows.itertuples()]
 
 

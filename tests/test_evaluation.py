@@ -19,7 +19,14 @@ from localedit.evaluation.compare import compare
 from localedit.evaluation.layout import METRICS_FILE, SUMMARY_FILE
 from localedit.evaluation.matching import Match, match_strength
 from localedit.evaluation.metrics import random_backbone_lpips
-from localedit.evaluation.scoring import Scorer, apply_direction, prepare_images, score_edits
+from localedit.evaluation.scoring import (
+    ALPHA_HINT,
+    Scorer,
+    apply_direction,
+    match_direction,
+    prepare_images,
+    score_edits,
+)
 from localedit.evaluation.summary import bootstrap_median, save_results
 from tests.conftest import tiny_unet
 
@@ -120,6 +127,17 @@ def test_region_free_directions_are_scored_on_every_region(setting):
     assert list(tied["region"].unique()) == ["eyes"] and len(tied) == 2
     # A uniform change puts each region's pixel share of the energy inside it.
     np.testing.assert_allclose(tied["locality"], regions[0].fraction, rtol=1e-4)
+
+
+def test_a_direction_with_an_alpha_hint_is_matched_from_it(tiny_model, setting):
+    regions, source, _ = setting
+    scorer = Scorer({r.name: r for r in regions}, target=0.02)
+    vector = torch.randn(math.prod(h_shape(tiny_model.unet)), generator=torch.Generator().manual_seed(3))
+    searched = match_direction(tiny_model, Direction("d", "random", None, "h", vector, 500), source, [0], scorer)
+    assert searched.matched and searched.evaluations > 1
+    hinted = match_direction(tiny_model, Direction("d", "random", None, "h", vector, 500,
+                                                   info={ALPHA_HINT: searched.alpha}), source, [0], scorer)
+    assert hinted.evaluations == 1 and hinted.alpha == pytest.approx(searched.alpha)
 
 
 @pytest.mark.parametrize("measured", ["metrics only", "with LPIPS and the probe"])
