@@ -99,7 +99,7 @@ def main() -> None:
     for edit in schedules:
         scorer = Scorer({r.name: r for r in regions}, None, probe, edit)
         for d in found:
-            rows = evaluate_direction(model, d, scorer, (source, [0, 1, 2, 3]), [(heldout, list(range(n_heldout)))])
+            rows = evaluate_direction(model, d, scorer, (source, [0, 1, 2, 3]), (heldout, list(range(n_heldout))))
             scored = with_best_sign(rows[(rows[col.KIND] == col.KIND_MATCHED) & (rows[col.IMAGE_SET] == col.TRANSFER_SET)])
             cos = {f: round(abs(float(d.vector @ references[f])), 3) for f in regions_of()[d.region]}
             records.append({

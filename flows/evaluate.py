@@ -29,7 +29,6 @@ from tasks.evaluate import (
     publish,
     reference_task,
     score_task,
-    sweep_task,
 )
 from tasks.runtime import local_slots, wait_all
 
@@ -74,8 +73,6 @@ def evaluate_directions(run_dir: str, heldout: int = DEFAULTS.n_heldout, sources
         matches.append(match)
         if a.score_on:
             scored.append(score_task.submit(run, a, match))
-        if a.sweep_on:
-            scored.append(sweep_task.submit(run, a, match))
     wait_all([*matches, *scored], "evaluation", progress)
     frames = [m.result().rows for m in matches] + [f.result() for f in scored]
     record = {**run.record, "baselines": baselines, "max_rank": max_rank,

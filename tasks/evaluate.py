@@ -34,7 +34,6 @@ from localedit.evaluation.scoring import (
     prepare_images,
     score_direction,
     score_edits,
-    sweep_direction,
 )
 from localedit.evaluation.settings import EvaluationSettings
 from localedit.evaluation.summary import save_results
@@ -157,16 +156,10 @@ def match_task(run: PreparedRun, assignment: Assignment) -> Matched:
 
 @task(name="score-direction", **GPU_TASK_OPTIONS)
 def score_task(run: PreparedRun, assignment: Assignment, matched: Matched) -> pd.DataFrame:
-    """A direction on its held-out images at the matched +-alpha, edited in one batch."""
+    """A direction on its held-out images at the matched +-alpha, edited in one batch; on the first
+    ``assignment.sweep`` of them also over multiples of alpha, with the direction's edit strip."""
     return score_direction(_model(run), assignment.direction, run.heldout, assignment.score_on, matched.match,
-                           run.scorer)
-
-
-@task(name="sweep-direction", **GPU_TASK_OPTIONS)
-def sweep_task(run: PreparedRun, assignment: Assignment, matched: Matched) -> pd.DataFrame:
-    """Locality over multiples of alpha on a few held-out images, and the direction's edit strip."""
-    return sweep_direction(_model(run), assignment.direction, run.heldout, assignment.sweep_on, matched.match,
-                           run.scorer, assignment.strip)
+                           run.scorer, assignment.sweep, assignment.strip)
 
 
 @task(name="publish-evaluation", **TASK_OPTIONS)

@@ -21,10 +21,12 @@ from localedit.evaluation.matching import Match, match_strength
 from localedit.evaluation.metrics import random_backbone_lpips
 from localedit.evaluation.scoring import (
     ALPHA_HINT,
+    SWEEP,
     Scorer,
     apply_direction,
     match_direction,
     prepare_images,
+    score_direction,
     score_edits,
 )
 from localedit.evaluation.summary import bootstrap_median, save_results
@@ -163,6 +165,22 @@ def test_scored_rows_have_exactly_the_schemas_columns(setting, measured):
         with pytest.raises(ValueError, match="probe's columns"):
             col.check_rows(rows.drop(columns="global_purity"))
     assert all(c.meaning for c in col.ROW_COLUMNS.values())
+
+
+def test_the_sweep_takes_its_plus_minus_one_columns_from_the_matched_edits(tiny_model, setting, tmp_path):
+    regions, _, heldout = setting
+    scorer = Scorer({r.name: r for r in regions})
+    d = Direction("d", "random", "eyes", "h", torch.randn(math.prod(h_shape(tiny_model.unet))), 500)
+    rows = score_direction(tiny_model, d, heldout, [0, 1], Match(0.3, 0.03, True, 1), scorer, sweep=1,
+                           strip=tmp_path / "d.png")
+    sweep, matched = rows[rows["kind"] == "sweep"], rows[rows["kind"] == "matched"]
+    assert sorted(sweep["alpha_mult"]) == sorted(SWEEP) and set(sweep["image"]) == {"h0"}
+    assert len(matched) == 4 and (tmp_path / "d.png").is_file()
+    for sign in (1.0, -1.0):  # the same edit, not a second one
+        pair = [frame.loc[(frame["image"] == "h0") & (frame["alpha_mult"] == sign), "locality"].item()
+                for frame in (sweep, matched)]
+        assert pair[0] == pair[1]
+    assert sweep["locality"].nunique() == len(SWEEP)
 
 
 def test_method_directions_cover_every_method(tiny_model, setting):

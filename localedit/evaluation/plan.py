@@ -36,7 +36,7 @@ class Assignment:
     direction: Direction
     match_on: tuple[int, ...]
     score_on: tuple[int, ...]
-    sweep_on: tuple[int, ...] = ()
+    sweep: int = 0  # the first ``sweep`` images of ``score_on`` also get the alpha sweep
     strip: Path | None = None
 
 
@@ -79,17 +79,16 @@ def plan_evaluation(directions: Sequence[Direction], source_keys: Sequence[str],
         else:
             own = source_keys.index(d.source)
             match_on, score_on = (own,), tuple(range(own, n_heldout, n_source))
-        sweep_on = score_on[: settings.strip_images] if own == 0 else ()
-        strip = strip_path(out_dir, d.id) if sweep_on and out_dir is not None else None
-        assignments.append(Assignment(d, match_on, score_on, sweep_on, strip))
+        sweep = min(settings.strip_images, len(score_on)) if own == 0 else 0
+        strip = strip_path(out_dir, d.id) if sweep and out_dir is not None else None
+        assignments.append(Assignment(d, match_on, score_on, sweep, strip))
     return EvaluationPlan(settings, tuple(assignments), tuple(expected))
 
 
 def execute(model: DiffusionModel, plan: EvaluationPlan, source: ImageSet, heldout: ImageSet, scorer: Scorer,
             progress: bool = False) -> pd.DataFrame:
     """Every assignment in this process, one after another: metric rows (the flow runs the same as tasks)."""
-    rows = [evaluate_direction(model, a.direction, scorer, (source, a.match_on), [(heldout, a.score_on)],
-                               sweep_on=(heldout, a.sweep_on) if a.sweep_on else None, strip=a.strip)
+    rows = [evaluate_direction(model, a.direction, scorer, (source, a.match_on), (heldout, a.score_on), a.sweep, a.strip)
             for a in tqdm(plan.assignments, desc="evaluation", disable=not progress)]
     return pd.concat(rows, ignore_index=True)
 

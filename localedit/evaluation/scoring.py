@@ -167,36 +167,45 @@ def match_direction(model: DiffusionModel, direction: Direction, images: ImageSe
 
 
 def score_direction(model: DiffusionModel, direction: Direction, images: ImageSet, index: Sequence[int],
-                    match: Match, scorer: Scorer) -> pd.DataFrame:
-    """Rows for images[index] edited at the matched +-alpha."""
+                    match: Match, scorer: Scorer, sweep: int = 0, strip: str | Path | None = None) -> pd.DataFrame:
+    """Rows for images[index] edited at the matched +-alpha, and for its first ``sweep`` images at every ``SWEEP``
+    multiple of alpha (kind ``schema.KIND_SWEEP``; with ``strip``, their edit strip, region outlined).
+
+    The sweep's +-1 columns are the matched edits themselves, not edited a second time (a third of a sweep's edits).
+    """
+    index = list(index)
     alphas = (match.alpha, -match.alpha)
     edited = apply_direction(model, direction, images, index, alphas, scorer.schedule)
-    return score_edits(direction, images, index, edited, alphas, scorer, match)
+    frames = [score_edits(direction, images, index, edited, alphas, scorer, match)]
+    if sweep:
+        frames.append(_sweep_rows(model, direction, images, index[:sweep], edited[:sweep], match, scorer, strip))
+    return pd.concat(frames, ignore_index=True)
 
 
-def sweep_direction(model: DiffusionModel, direction: Direction, images: ImageSet, index: Sequence[int],
-                    match: Match, scorer: Scorer, strip: str | Path | None = None) -> pd.DataFrame:
-    """Rows at ``SWEEP`` multiples of alpha (kind ``schema.KIND_SWEEP``); with ``strip``, their edit strip, region outlined."""
-    index = list(index)
-    sweep = [s * match.alpha for s in SWEEP]
-    edited = apply_direction(model, direction, images, index, sweep, scorer.schedule)
+def _sweep_rows(model: DiffusionModel, direction: Direction, images: ImageSet, index: list[int],
+                matched: torch.Tensor, match: Match, scorer: Scorer, strip: str | Path | None) -> pd.DataFrame:
+    """Sweep rows of images[index] whose matched edits (n, 2, C, H, W) at +alpha and -alpha are ``matched``."""
+    others = [s for s in SWEEP if abs(s) != 1.0]
+    edited = apply_direction(model, direction, images, index, [s * match.alpha for s in others], scorer.schedule)
+    by_multiple = {**dict(zip(others, edited.unbind(1))), 1.0: matched[:, 0], -1.0: matched[:, 1]}
+    edited = torch.stack([by_multiple[s] for s in SWEEP], 1)
     if strip is not None:
         # The alpha = 0 column is the reference itself, placed between the negative and positive edits.
         k = sum(s < 0 for s in SWEEP)
         shown = torch.cat([edited[:, :k], images.reference[index][:, None], edited[:, k:]], 1)
         mask = scorer.regions[direction.region].mask if direction.region else None
         write_strip(strip, images.images[index], shown, [*SWEEP[:k], 0.0, *SWEEP[k:]], mask=mask)  # labelled in multiples
-    return score_edits(direction, images, index, edited, sweep, scorer, match, kind=col.KIND_SWEEP)
+    return score_edits(direction, images, index, edited, [s * match.alpha for s in SWEEP], scorer, match,
+                       kind=col.KIND_SWEEP)
 
 
 def evaluate_direction(model: DiffusionModel, direction: Direction, scorer: Scorer,
-                       match_on: tuple[ImageSet, Sequence[int]], score_on: Sequence[tuple[ImageSet, Sequence[int]]] = (),
-                       sweep_on: tuple[ImageSet, Sequence[int]] | None = None, strip: str | Path | None = None) -> pd.DataFrame:
+                       match_on: tuple[ImageSet, Sequence[int]], score_on: tuple[ImageSet, Sequence[int]] | None = None,
+                       sweep: int = 0, strip: str | Path | None = None) -> pd.DataFrame:
     """Match a direction's strength, then score it at +-alpha on the matching images and on ``score_on``,
-    and over ``SWEEP`` on ``sweep_on``."""
+    and over ``SWEEP`` on the first ``sweep`` images of ``score_on``."""
     match = match_direction(model, direction, *match_on, scorer)
     frames = [score_edits(direction, *match_on, match.result, (match.alpha, -match.alpha), scorer, match)]
-    frames += [score_direction(model, direction, images, index, match, scorer) for images, index in score_on if len(index)]
-    if sweep_on is not None and len(sweep_on[1]):
-        frames.append(sweep_direction(model, direction, *sweep_on, match, scorer, strip))
+    if score_on is not None and len(score_on[1]):
+        frames.append(score_direction(model, direction, *score_on, match, scorer, sweep, strip))
     return pd.concat(frames, ignore_index=True)
