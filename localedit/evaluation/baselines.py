@@ -40,6 +40,10 @@ from localedit.core.subspace import project_out
 METHODS = ("jive_individual", "jive_joint", "global", "masked", "loco_xspace", "random", "jive_complement",
            "region_variation", "region_contrast", "joint_variation")
 REGION_FREE = ("jive_joint", "joint_variation", "global", "random")  # directions not tied to one region
+# The methods whose directions a run's catalogue holds, and the family part of their catalogue ids
+# (``eyes/contrast/0``); a run lists one of the two JIVE individual forms, as its ``complements`` says.
+CATALOGUE_FAMILIES = {"region_variation": "variation", "region_contrast": "contrast", "jive_complement": "jive",
+                      "jive_individual": "jive", "jive_joint": "jive", "joint_variation": "variation"}
 
 
 @dataclass

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from localedit.bundled.references import REFERENCE_PREFIX
 from localedit.core.models import DiffusionModel
-from localedit.evaluation.baselines import METHODS, Direction
+from localedit.evaluation.baselines import CATALOGUE_FAMILIES, METHODS, Direction
 from localedit.evaluation.layout import strip_path
 from localedit.evaluation.scoring import ImageSet, Scorer, evaluate_direction
 from localedit.evaluation.settings import EvaluationSettings
@@ -54,8 +54,8 @@ class EvaluationPlan:
 def catalogue_methods(complements: bool) -> tuple[str, ...]:
     """The comparison's names for a run's catalogue rows: region variation, region contrast, JIVE individual
     (with or without complements), JIVE joint and joint variation."""
-    return ("region_variation", "region_contrast", "jive_complement" if complements else "jive_individual", "jive_joint",
-            "joint_variation")
+    left_out = "jive_individual" if complements else "jive_complement"
+    return tuple(method for method in CATALOGUE_FAMILIES if method != left_out)
 
 
 def expected_methods(directions: Sequence[Direction], baselines: bool = True,

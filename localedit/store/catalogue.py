@@ -48,6 +48,7 @@ from localedit.core.regions import Region
 from localedit.core.settings import CatalogueSettings, EditSettings
 from localedit.core.variation import RegionVariation
 from localedit.evaluation import schema as col  # the label columns the evaluation's rows carry on
+from localedit.evaluation.baselines import CATALOGUE_FAMILIES
 from localedit.evaluation.labels import Reading, closest_reference, read_edits
 from localedit.store.runs import RunStore
 from localedit.utils.atomic import write_atomic
@@ -75,8 +76,6 @@ JOINT_READ_RANKS = 8
 CONTRAST_IMAGES = 4  # run images whose Jacobians region contrast sums over
 
 
-FAMILIES = {"region_variation": "variation", "region_contrast": "contrast", "jive_complement": "jive",
-            "jive_individual": "jive", "jive_joint": "jive", "joint_variation": "variation"}  # method -> id part
 JOINT_METHODS = ("jive_joint", "joint_variation")  # families of joint (global) rows; the others are local
 
 
@@ -172,7 +171,7 @@ def _ids(found: list[Row], ranks: list[int], readings: list[Reading | None]) -> 
 
     def name(group: str, method: str, rank: int) -> str:
         if best[group][0] != method:
-            return f"{group}/{FAMILIES[method]}/{rank}"
+            return f"{group}/{CATALOGUE_FAMILIES[method]}/{rank}"
         return f"joint/{rank}" if group == "joint" else f"{group}/individual/{rank}"
 
     return [name(group, method, rank) for group, (_, method, _, _), rank in zip(groups, found, ranks)]
