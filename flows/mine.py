@@ -130,6 +130,10 @@ def preparation(parameters: dict) -> dict:
     bound = inspect.signature(mine_directions.fn).bind(**parameters)
     bound.apply_defaults()
     p = bound.arguments
+    # The settings plan_run does not see are checked here too: ``localedit mine`` calls this before Prefect
+    # starts, so they fail in one line instead of after the mining.
+    EditSettings(p["edit_schedule"], p["t_edit"])
+    CatalogueSettings(p["threshold"], p["min_support"])
     return {"out": datetime.now().strftime(p["out"]), "model": p["model"], "images": p["images"],
             "samples": p["samples"], "seed": p["seed"], "regions": p["regions"], "t": p["t"], "k": p["k"],
             "num_steps": p["num_steps"], "complements": p["complements"],

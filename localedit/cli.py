@@ -138,7 +138,7 @@ def _direction_strip(cat, model, direction: str, images: torch.Tensor, alphas, p
     from localedit.core.editing import write_strip
 
     alphas = list(cat.edit.alphas if alphas is None else alphas)
-    region = cat.frame.loc[cat.frame["id"] == direction, "region"].iloc[0]
+    region = cat.row(direction)["region"]
     return write_strip(path, images, cat.apply(model, direction, alphas, images=images), alphas,
                        mask=cat.regions[region].mask)
 
@@ -172,7 +172,7 @@ def cmd_catalogue(args: argparse.Namespace) -> int:
     else:
         try:
             frame = frame.query(args.expr)
-        except (SyntaxError, NameError, TypeError) as err:
+        except (SyntaxError, NameError, TypeError, ValueError) as err:  # ValueError: "region = 'eyes'" (an assignment)
             raise ValueError(f"bad query {args.expr!r}: {err}; columns: {', '.join(frame.columns)}") from err
     if args.json:
         print(frame.to_json(orient="records", date_format="iso", indent=2))
@@ -189,6 +189,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     out = check_output_file(args.out, ".png")
     cat = catalogue.open(args.catalogue)
+    cat.row(args.direction)  # an unknown id fails before the model loads
+    largest = cat.edit.alpha_range[1]
+    if args.alphas and max(map(abs, args.alphas)) > largest:
+        warnings.warn(f"|alpha| above {largest} (the largest strength this catalogue's evaluation may choose) "
+                      "moves h far off the model's data: expect noise, not an edit")
     model = load_model(args.model or cat.attrs["model_source"])
     cat.check_model(model)
     images = torch.stack([load_image(path, model.resolution) for path in args.image])

@@ -87,6 +87,18 @@ def test_case_out_is_a_file(tmp_path, capsys):
     assert afile.read_text() == "notes\n"
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--threshold", "2", "threshold is a squared cosine in (0, 1]; got 2.0"),
+    ("--min-support", "0", "min_support must be at least 1; got 0"),
+])
+def test_impossible_catalogue_settings_are_refused_before_any_mining(option, value, message, tmp_path, capsys):
+    """Found by a new user: --threshold 2 used to fail after the whole mining, with Prefect's traceback."""
+    out = tmp_path / "run"
+    assert main(["mine", "--samples", "1", "--k", "1", "--num-steps", "10", option, value, "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"localedit: error: {message}"
+    assert not out.exists()
+
+
 def test_bad_input_is_never_retried():
     class State:
         def __init__(self, err):

@@ -279,8 +279,9 @@ def test_catalogue_and_edit_commands(mined, models, tmp_path, capsys):
     assert main(["catalogue", "query", str(run_dir), "kind == 'joint'"]) == 0
     queried = capsys.readouterr().out
     assert "joint/0" in queried and "eyes/individual" not in queried
-    assert main(["catalogue", "query", str(run_dir), "nonsense == 1"]) == 2
-    assert "bad query" in capsys.readouterr().err
+    for query in ("nonsense == 1", "region = 'eyes'"):  # a new user's typo: an assignment
+        assert main(["catalogue", "query", str(run_dir), query]) == 2
+        assert "bad query" in capsys.readouterr().err
 
     image = _png(tmp_path / "face.png", 16)
     strip = tmp_path / "strip.png"
@@ -292,6 +293,13 @@ def test_catalogue_and_edit_commands(mined, models, tmp_path, capsys):
     assert main(["edit", "--catalogue", str(run_dir), "--direction", "eyes/individual/0", "--image", str(image),
                  "--model", models["other"], "--out", str(refused)]) == 2
     assert "do not apply" in capsys.readouterr().err and not refused.exists()
+    # An unknown id is named, with the catalogue's ids, before the model loads; a huge alpha is warned about.
+    assert main(["edit", "--catalogue", str(run_dir), "--direction", "eyes/individual/99", "--image", str(image),
+                 "--out", str(refused)]) == 2
+    assert capsys.readouterr().err.startswith("localedit: error: no direction 'eyes/individual/99' in ")
+    with pytest.warns(UserWarning, match="expect noise"):
+        assert main(["edit", "--catalogue", str(run_dir), "--direction", "eyes/individual/0", "--image", str(image),
+                     "--alphas", "1e6", "--out", str(refused)]) == 0
 
 
 def test_the_console_shows_a_bar_and_the_summary_while_prefect_keeps_the_records(mined, models, server):

@@ -8,9 +8,10 @@ from PIL import Image
 
 from localedit.cli import main
 from localedit.core.editing import write_strip
+from localedit.evaluation import schema as col
 from localedit.evaluation.baselines import METHODS, REGION_FREE
 from localedit.evaluation.layout import METRICS_FILE, REPORT_FILE, strip_path
-from localedit.evaluation.report import LABELS, METHOD_COLUMNS, text_table, write_report
+from localedit.evaluation.report import LABELS, METHOD_COLUMNS, TABLE_LEGEND, text_table, write_report
 from localedit.evaluation.schema import check_rows
 from localedit.evaluation.summary import save_results
 from tests import browser
@@ -94,15 +95,21 @@ def test_report_plots_lpips_when_it_was_measured(evaluated):
     assert len(re.findall(r'src="data:image/png', page)) == 5 + 1 + 1
     assert "unavailable" not in page
     assert '<p class="meta">LPIPS v0.1, AlexNet</p>' in page  # where the backbone came from
-    assert "<th>LPIPS</th>" in page and "<th>LPIPS outside</th>" in page
+    assert "<th>held-out LPIPS</th>" in page and "<th>held-out LPIPS outside</th>" in page
 
 
 def test_text_table_lists_every_method_with_intervals(evaluated):
     run, model_dir = evaluated
     result, _ = _write(run, model_dir, lpips=False)
     table = text_table(result["methods"])
-    lines = table.splitlines()
-    assert len(lines) == 1 + len(METHODS)
+    lines = table.splitlines()[:-1]
+    assert len(lines) == 1 + len(METHODS) and table.splitlines()[-1] == TABLE_LEGEND
+    # Outside PSNR (like every metric after the first locality) is the held-out median, which the README quotes.
+    for name, line in zip(METHODS, lines[1:]):
+        held, source = (result["methods"][name].get(col.summary_key(col.OUTSIDE_PSNR, image_set, col.MEDIAN))
+                        for image_set in (col.TRANSFER_SET, col.SOURCE_SET))
+        if held is not None and f"{held:.1f}" != f"{source:.1f}":
+            assert f" {held:.1f} " in line, line
     assert [line.split()[0] for line in lines[1:]] == list(METHODS)
     assert re.search(r"0\.\d\d \[0\.\d\d, 0\.\d\d\]", table)
 
@@ -114,6 +121,15 @@ def test_report_command_rewrites_the_report(evaluated, capsys):
     assert main(["report", str(run)]) == 0
     assert capsys.readouterr().out.strip() == str(run / REPORT_FILE)
     assert (run / REPORT_FILE).is_file()
+
+
+def test_report_on_a_folder_without_an_evaluation_says_what_to_run(tmp_path, capsys):
+    """Found by a new user: the README's `localedit report runs/demo` printed only a missing file's path."""
+    for folder, what in ((tmp_path, "has no evaluation (metrics.parquet, evaluation.json missing)"),
+                         (tmp_path / "nowhere", "is not a folder")):
+        assert main(["report", str(folder)]) == 2
+        assert capsys.readouterr().err.strip() == (f"localedit: error: {folder} {what}; "
+                                                   f"run `localedit evaluate {folder}` first")
 
 
 @pytest.mark.skipif(not browser.available(), reason="needs Debian's chromium (`apt-get install chromium`; .ci/run does)")

@@ -108,3 +108,9 @@ class CatalogueSettings:
 
     threshold: float = 0.5
     min_support: int = 2
+
+    def __post_init__(self):  # impossible settings fail where they are given, before any mining
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"threshold is a squared cosine in (0, 1]; got {self.threshold}")
+        if self.min_support < 1:
+            raise ValueError(f"min_support must be at least 1; got {self.min_support}")

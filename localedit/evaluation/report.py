@@ -45,17 +45,18 @@ def method_label(method: str) -> str:
 
 
 SOURCE, TRANSFER = col.SOURCE_SET, col.TRANSFER_SET
-# (metric, image set, header, decimals) of the method table; each median is shown with its interval.
+# (metric, image set, header, decimals) of the method table; each median is shown with its interval. Every
+# header names its image set: "source" (the images directions were matched on) or "held-out" (transferred to).
 METHOD_COLUMNS = [
-    (col.LOCALITY, SOURCE, "locality", 2), (col.LOCALITY, TRANSFER, "transfer locality", 2),
-    (col.LOCALITY_BEST_SIGN, TRANSFER, "transfer locality, better sign", 2),
-    (col.FACTOR_PURITY_BEST_SIGN, TRANSFER, "transfer purity, better sign", 2),
-    (col.OUTSIDE_PSNR, SOURCE, "outside PSNR dB", 1), (col.OUTSIDE_SSIM, SOURCE, "outside SSIM", 3),
-    (col.LPIPS, SOURCE, "LPIPS", 4), (col.LPIPS_OUTSIDE, SOURCE, "LPIPS outside", 4),
-    (col.FACTOR_PURITY, SOURCE, "factor purity", 2), (col.FACTOR_PURITY, TRANSFER, "transfer purity", 2),
-    (col.GLOBAL_PURITY, TRANSFER, "transfer global-factor purity", 2),
-    (col.INSIDE_STRENGTH, SOURCE, "inside RMS", 3),
-    (col.TOTAL_CHANGE, TRANSFER, "transfer RMS change", 3),
+    (col.LOCALITY, SOURCE, "source locality", 2), (col.LOCALITY, TRANSFER, "held-out locality", 2),
+    (col.LOCALITY_BEST_SIGN, TRANSFER, "held-out locality, better sign", 2),
+    (col.FACTOR_PURITY_BEST_SIGN, TRANSFER, "held-out purity, better sign", 2),
+    (col.OUTSIDE_PSNR, TRANSFER, "held-out outside PSNR dB", 1), (col.OUTSIDE_SSIM, TRANSFER, "held-out outside SSIM", 3),
+    (col.LPIPS, TRANSFER, "held-out LPIPS", 4), (col.LPIPS_OUTSIDE, TRANSFER, "held-out LPIPS outside", 4),
+    (col.FACTOR_PURITY, SOURCE, "source factor purity", 2), (col.FACTOR_PURITY, TRANSFER, "held-out factor purity", 2),
+    (col.GLOBAL_PURITY, TRANSFER, "held-out global-factor purity", 2),
+    (col.INSIDE_STRENGTH, SOURCE, "source inside RMS", 3),
+    (col.TOTAL_CHANGE, TRANSFER, "held-out RMS change", 3),
 ]
 # (metric, image set, decimals) of the per-direction table: medians only.
 DIRECTION_COLUMNS = [(col.LOCALITY, SOURCE, 2), (col.LOCALITY, TRANSFER, 2), (col.OUTSIDE_PSNR, SOURCE, 1),
@@ -235,8 +236,13 @@ def _model_card(source: str | None) -> str:
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """Render ``run_dir/report.html`` from the evaluation's files; returns its path."""
+    """Render ``run_dir/report.html`` from the evaluation's files; returns its path. FileNotFoundError (saying
+    what to run) for a folder that has not been evaluated."""
     run_dir = Path(run_dir)
+    missing = [name for name in (METRICS_FILE, SUMMARY_FILE) if not (run_dir / name).is_file()]
+    if missing:
+        what = "is not a folder" if not run_dir.is_dir() else f"has no evaluation ({', '.join(missing)} missing)"
+        raise FileNotFoundError(f"{run_dir} {what}; run `localedit evaluate {run_dir}` first")
     rows = col.read_rows(run_dir / METRICS_FILE)
     result = json.loads((run_dir / SUMMARY_FILE).read_text())
     settings, methods, directions = result["settings"], result["methods"], result["directions"]
@@ -270,8 +276,13 @@ matched alpha (a=+0.00 is the unedited reconstruction); the direction's region i
     return write_atomic(run_dir / REPORT_FILE, lambda tmp: tmp.write_text(page))
 
 
+TABLE_LEGEND = ("medians on the held-out images, except src locality (the images directions were matched on); "
+                "better sign: per image the more local of +alpha and -alpha, with its factor purity; alpha: matched "
+                "strength; images: source/held-out")
+
+
 def text_table(methods: dict) -> str:
-    """The method comparison as a fixed-width text table (medians, 95% intervals for locality)."""
+    """The method comparison as a fixed-width text table (medians, 95% intervals for locality), then its legend."""
     def num(value, decimals):
         return "-" if value is None else f"{value:.{decimals}f}"
 
@@ -280,16 +291,15 @@ def text_table(methods: dict) -> str:
         ci = "" if low is None else f" [{num(low, decimals)}, {num(high, decimals)}]"
         return num(_stat(m, metric, image_set), decimals) + ci
 
-    header = ["method", "locality", "transfer locality", "best sign", "purity best", "out PSNR", "out SSIM", "LPIPS", "LPIPS out", "purity", "alpha",
-              "images"]
+    header = ["method", "src locality", "locality", "better sign", "purity", "out PSNR", "out SSIM", "LPIPS",
+              "LPIPS out", "alpha", "images"]
     lines = [[name, with_ci(m, col.LOCALITY, SOURCE, 2), with_ci(m, col.LOCALITY, TRANSFER, 2),
               with_ci(m, col.LOCALITY_BEST_SIGN, TRANSFER, 2), num(_stat(m, col.FACTOR_PURITY_BEST_SIGN, TRANSFER), 2),
-              num(_stat(m, col.OUTSIDE_PSNR, SOURCE), 1),
-              num(_stat(m, col.OUTSIDE_SSIM, SOURCE), 3), num(_stat(m, col.LPIPS, SOURCE), 4),
-              num(_stat(m, col.LPIPS_OUTSIDE, SOURCE), 4),
-              num(_stat(m, col.FACTOR_PURITY, SOURCE), 2), num(m.get(col.ALPHA_MEDIAN), 3),
-              _image_counts(m, "/")] for name, m in
+              num(_stat(m, col.OUTSIDE_PSNR, TRANSFER), 1), num(_stat(m, col.OUTSIDE_SSIM, TRANSFER), 3),
+              num(_stat(m, col.LPIPS, TRANSFER), 4), num(_stat(m, col.LPIPS_OUTSIDE, TRANSFER), 4),
+              num(m.get(col.ALPHA_MEDIAN), 3), _image_counts(m, "/")] for name, m in
              ((name, methods[name]) for name in _ordered(methods))]
     widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                     for r in [header, *lines])
+    table = "\n".join("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                      for r in [header, *lines])
+    return table + "\n" + TABLE_LEGEND

@@ -195,7 +195,10 @@ def build(run_dir: str | Path, threshold: float = CatalogueSettings.threshold,
     if done < total:
         raise ValueError(f"run {store.run_dir} is incomplete ({done} of {total} images split); resume it first")
     splits = [store.split(i) for i in range(len(config.images))]
-    min_support = min(min_support, len(splits))
+    if min_support > len(splits):
+        warnings.warn(f"min_support {min_support} exceeds the run's {len(splits)} image(s): a catalogue direction "
+                      f"needs the support of all {len(splits)}", stacklevel=2)
+        min_support = len(splits)
     found, joint_variation = _variation_rows(store, model)
     jive_method = "jive_complement" if config.complements else "jive_individual"
     groups = [(region, jive_method, [s.individual[a] for s in splits], [s.individual_singular_values[a] for s in splits])
@@ -291,12 +294,16 @@ class Catalogue:
         return (f"Catalogue({str(self.run_dir)!r}: {len(self)} directions, regions {list(self.attrs['regions'])}, "
                 f"t={self.attrs['t']}, model {self.attrs['model_fingerprint']})")
 
-    def vector(self, id: str) -> torch.Tensor:
-        """The unit h-space vector (flat, float32) of direction ``id``."""
+    def row(self, id: str) -> pd.Series:
+        """Direction ``id``'s catalogue row; KeyError naming the catalogue's ids if there is none."""
         match = self.frame.index[self.frame["id"] == id]
         if len(match) == 0:
             raise KeyError(f"no direction {id!r} in {self.run_dir}; ids: {', '.join(self.frame['id'])}")
-        v = self._vectors[int(self.frame.at[match[0], "vector"])]
+        return self.frame.loc[match[0]]
+
+    def vector(self, id: str) -> torch.Tensor:
+        """The unit h-space vector (flat, float32) of direction ``id``."""
+        v = self._vectors[int(self.row(id)["vector"])]
         return v / v.norm()
 
     def apply(self, model: DiffusionModel, id: str, alphas, images: torch.Tensor | None = None,
