@@ -54,7 +54,8 @@ class MiningResult:
     flow_run_id: str
     catalogue: str
     tasks: dict[str, StageCount]  # "latent", "subspace", "split"
-    task_seconds: float  # computing inside the tasks, summed over tasks
+    task_seconds: float  # computing inside the mining tasks, summed over tasks (none when all was resumed)
+    catalogue_seconds: float  # building the catalogue (every run rebuilds it)
     wall_seconds: float
 
     def counts_text(self) -> str:
@@ -157,12 +158,14 @@ def _mine(run: dict, threshold: float, min_support: int, edit: EditSettings, gpu
                **{("split", i): f for i, f in splits.items()}}
     wait_all(futures.values(), "mining", progress)
     reports = {key: future.result() for key, future in futures.items()}  # raises the first failure
-    catalogue = build_catalogue(run_dir, threshold, min_support, edit)
+    built = time.perf_counter()
+    catalogue = build_catalogue(run_dir, threshold, min_support, edit, progress)
+    built = time.perf_counter() - built
     counts = dict.fromkeys(("latent", "subspace", "split"), NOTHING)
     for (stage, _), report in reports.items():
         counts[stage] += report
     result = MiningResult(run_dir, run["run_id"], str(flow_run.id), catalogue, counts,
-                          sum(c.seconds for c in counts.values()), time.perf_counter() - start)
+                          sum(c.seconds for c in counts.values()), built, time.perf_counter() - start)
     get_run_logger().info(f"mined {n} images x {len(run['regions'])} regions into {catalogue}: {result.counts_text()}")
     return result
 

@@ -127,8 +127,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _print_mining(summary) -> None:
     """Two console lines for a ``flows.mine.MiningResult``."""
-    print(f"run: {summary.run_dir} ({summary.counts_text()}; {summary.wall_seconds:.0f} s wall, "
-          f"{summary.task_seconds:.0f} s in tasks)")
+    print(f"run: {summary.run_dir} ({summary.counts_text()}; {summary.wall_seconds:.0f} s wall: mining tasks "
+          f"{summary.task_seconds:.0f} s computing, catalogue {summary.catalogue_seconds:.0f} s)")
     print(f"catalogue: {summary.catalogue}")
 
 

@@ -14,7 +14,7 @@ from tasks.runtime import TASK_OPTIONS, cached_model, jacobian_threads
 
 
 @task(name="build-catalogue", **TASK_OPTIONS)
-def build_catalogue(run_dir: str, threshold: float, min_support: int, edit: EditSettings) -> str:
+def build_catalogue(run_dir: str, threshold: float, min_support: int, edit: EditSettings, progress: bool = False) -> str:
     """Write ``catalogue.parquet``, the direction vectors and how they are applied (``edit``); returns the parquet path.
 
     Region-variation rows and probe labels need the run's model; on a model trained on the
@@ -26,4 +26,5 @@ def build_catalogue(run_dir: str, threshold: float, min_support: int, edit: Edit
     references = reference_directions(model, config.t, config.num_steps) if faces else None
     with jacobian_threads():  # the only task running: region contrast (forward AD) and the readings get every core
         return str(catalogue.build(run_dir, threshold=threshold, min_support=min_support, model=model,
-                                   probe=load_probe() if faces else None, references=references, edit=edit))
+                                   probe=load_probe() if faces else None, references=references, edit=edit,
+                                   progress=progress))

@@ -315,13 +315,13 @@ def test_the_console_shows_a_bar_and_the_summary_while_prefect_keeps_the_records
     assert done.returncode == 0, stderr
     console = [line for line in (stdout + stderr).split("\n") if line]  # what a terminal shows: the bar is one line
     assert "Finished in state" not in stderr and "INFO" not in stderr
-    assert "mining: 100%" in stderr and len(console) <= 4, console
+    assert "mining: 100%" in stderr and "catalogue: 100%" in stderr and len(console) <= 5, console
     with get_client(sync_client=True) as client:
         since = FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started))
         ours = [r for r in client.read_flow_runs(flow_run_filter=since) if r.parameters.get("out") == str(run_dir)]
         assert len(ours) == 1 and ours[0].state.is_completed(), ours
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[ours[0].id])))
     finished = [log for log in logs if "Finished in state Completed()" in log.message]
-    # every task's record is on the server: one inversion for the 6 images (a batch of up to 8), subspaces and
+    # every task's record is on the server: inversions of the 6 images (batches of up to 4), subspaces and
     # split per image
     assert len(finished) >= 1 + 2 * 6

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from localedit.bundled.probe import FactorProbe
 from localedit.bundled.references import regions_of
@@ -87,7 +88,12 @@ def _variation_rows(store: RunStore, model: DiffusionModel | None) -> tuple[list
     run's t); none without a model or with too few images."""
     config = store.config
     estimator = RegionVariation(n_directions=config.k)
-    if model is None or len(config.images) < estimator.min_images:
+    if model is None:
+        return [], []
+    if len(config.images) < estimator.min_images:
+        warnings.warn(f"region and joint variation need at least {estimator.min_images} images; this run has "
+                      f"{len(config.images)}, so the catalogue has none of their directions (mine more images)",
+                      stacklevel=2)
         return [], []
     x_t = torch.stack([store.x_t(i) for i in range(len(config.images))]).to(model.device)
     fit = estimator.fit(encode(model.unet, x_t, config.t).h.cpu(), store.regions)
@@ -180,14 +186,16 @@ def _ids(found: list[Row], ranks: list[int], readings: list[Reading | None]) -> 
 def build(run_dir: str | Path, threshold: float = CatalogueSettings.threshold,
           min_support: int = CatalogueSettings.min_support, model: DiffusionModel | None = None,
           probe: FactorProbe | None = None, references: dict[str, torch.Tensor] | None = None,
-          edit: EditSettings = EditSettings()) -> Path:
+          edit: EditSettings = EditSettings(), progress: bool = False) -> Path:
     """Aggregate a finished run's per-image results into its catalogue; returns the parquet path.
 
     ``min_support`` is capped at the number of images, so a run over one image still lists its
     directions. ``edit`` (how the run's directions are applied) is stored with the catalogue:
     its readings, ``localedit edit`` and the evaluation all apply a direction that way. ``model`` (the run's) adds the region-variation and region-contrast rows and the
     edit readings (label with ``probe``, locality) that choose each region's ``individual`` rows;
-    ``references`` (factor -> unit h vector) adds each row's closest reference.
+    ``references`` (factor -> unit h vector) adds each row's closest reference. ``progress`` shows a bar over
+    its stages (region and joint variation with JIVE's consensus, region contrast, edit readings): with a model,
+    the build can take longer than a small run's mining.
     """
     store = RunStore(run_dir)
     config = store.config
@@ -199,6 +207,8 @@ def build(run_dir: str | Path, threshold: float = CatalogueSettings.threshold,
         warnings.warn(f"min_support {min_support} exceeds the run's {len(splits)} image(s): a catalogue direction "
                       f"needs the support of all {len(splits)}", stacklevel=2)
         min_support = len(splits)
+    bar = tqdm(total=3, desc="catalogue", disable=not progress)
+    bar.set_postfix_str("variation, consensus")
     found, joint_variation = _variation_rows(store, model)
     jive_method = "jive_complement" if config.complements else "jive_individual"
     groups = [(region, jive_method, [s.individual[a] for s in splits], [s.individual_singular_values[a] for s in splits])
@@ -211,7 +221,11 @@ def build(run_dir: str | Path, threshold: float = CatalogueSettings.threshold,
             stats = {"singular_value": float(shared.singular_values[rank]), "consistency": float(shared.consistency[rank]),
                      "support": int(shared.support[rank]), "n_images": shared.n_images}
             found.append((region, method, stats, shared.directions[:, rank]))
+    bar.update()
+    bar.set_postfix_str("region contrast")
     found += joint_variation + _contrast_rows(store, model)
+    bar.update()
+    bar.set_postfix_str("edit readings")
     vectors = torch.stack([v for *_, v in found]) if found else torch.zeros(0, config.h_dim)
     masks = {r.name: r.mask for r in store.regions}
     masks[joint_region(config.regions)] = torch.stack(list(masks.values())).amax(0)
@@ -225,6 +239,8 @@ def build(run_dir: str | Path, threshold: float = CatalogueSettings.threshold,
                                                torch.stack([masks[found[i][0]] for i in read]), probe,
                                                edit=edit, num_steps=config.num_steps)):
             readings[i] = reading
+    bar.update()
+    bar.close()
     ranks = _rank_joint_by_reading(found, ranks, readings)
     in_region = regions_of()
     every = [f for factors in in_region.values() for f in factors]
