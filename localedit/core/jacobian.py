@@ -28,7 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch.func import vjp, vmap
+from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from localedit.core.hspace import HState, decode
@@ -76,6 +78,53 @@ def noise_prediction_gain(model: DiffusionModel, state: HState) -> float:
     return float(noise_gain(prediction_type(model), alpha_bar))
 
 
+class _AdjointConv2d(torch.autograd.Function):
+    """conv2d (stride 1, no dilation, one group, constant weights) whose backward is ``conv_transpose2d``, an ordinary
+    differentiable op.
+
+    Torch's own backward node is differentiated by ``_convolution_double_backward``, which runs two convolutions per
+    layer (``torch.profiler``) where J v, the VJP of the VJP, needs one. Here the second-order product is
+    conv_transpose2d's input gradient, one convolution: the same products up to float rounding (bundled model on
+    this CPU: bitwise), J v in half the time (4 images: 68 -> 33 ms per tangent on one thread).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, weight, bias, padding):
+        return F.conv2d(x, weight, bias, 1, padding)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+        ctx.padding = inputs[3]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        return F.conv_transpose2d(grad, weight, padding=ctx.padding), None, None, None
+
+
+class _AdjointConvolutions(TorchFunctionMode):
+    """While active (in this thread only: torch function modes are per thread), eligible ``conv2d`` calls record
+    ``_AdjointConv2d``; any other call, strided or with weights that need gradients, runs unchanged."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.conv2d:
+            call = dict(zip(("input", "weight", "bias", "stride", "padding", "dilation", "groups"), args), **kwargs)
+            bias, padding = call.get("bias"), call.get("padding", 0)
+            if (_all_ones(call.get("stride", 1)) and _all_ones(call.get("dilation", 1)) and call.get("groups", 1) == 1
+                    and not isinstance(padding, str) and not call["weight"].requires_grad
+                    and (bias is None or not bias.requires_grad)):
+                return _AdjointConv2d.apply(call["input"], call["weight"], bias, padding)
+        return func(*args, **kwargs)
+
+
+def _all_ones(value) -> bool:
+    return all(v == 1 for v in (value if isinstance(value, (tuple, list)) else (value,)))
+
+
 class MaskedJacobian:
     """Products with J_a = d(mask_a * eps)/dh at (x_t, t) for several masks at once.
 
@@ -91,7 +140,8 @@ class MaskedJacobian:
         self.gain = noise_prediction_gain(model, state)
         self.masks = masks.to(state.h).reshape(masks.shape[0], 1, 1, *masks.shape[-2:])
         self.h = state.h
-        noise_prediction, self._vjp = vjp(self._f, self.h)
+        with _AdjointConvolutions():  # the linearisation records convolutions whose J v costs one convolution
+            noise_prediction, self._vjp = vjp(self._f, self.h)
         # J v as the VJP of the (linear) map u -> J^T u: reverse mode twice, no forward-mode AD. Forward
         # levels are process-global (``localedit.core.forward_ad``), so JVPs let one thread of a process in at a
         # time; this way Jacobians of several images run in threads of one process at once, as fast as a
