@@ -48,9 +48,9 @@ def baseline_contrast(revision: str):
     return module.contrast_directions
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
     wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
+    result = fn(*args, **kwargs)
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -97,7 +97,7 @@ def main() -> None:
     for repeat in range(args.repeats):
         order = list(versions) if repeat % 2 == 0 else list(versions)[::-1]
         for name in order:
-            found, wall, cpu = timed(lambda: versions[name](model, latent.x_t, latent.t, regions, k=args.k, mu=args.mu))
+            found, wall, cpu = timed(versions[name], model, latent.x_t, latent.t, regions, k=args.k, mu=args.mu)
             seconds[name]["wall"].append(wall)
             seconds[name]["cpu"].append(cpu)
             results.setdefault(name, found)
@@ -116,7 +116,7 @@ def main() -> None:
     report["max_span_angle_deg"] = max(row["span_angle_deg"] for row in rows)
     report["max_value_rel_diff"] = max(row["value_rel_diff"] for row in rows)
 
-    print(f"| version | wall s (median, min-max) | CPU s (median, min-max) |\n|---|---|---|")
+    print("| version | wall s (median, min-max) | CPU s (median, min-max) |\n|---|---|---|")
     for name in versions:
         w, c = report[name]["wall"], report[name]["cpu"]
         print(f"| {name} | {w['median']:.1f} ({w['min']:.1f}-{w['max']:.1f}) | "
