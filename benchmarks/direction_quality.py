@@ -13,8 +13,8 @@ Criteria:
   region-masked single-step Jacobian at t = 500, split by JIVE); one mining image.
 - ``jive_complement``: the same with each region's complement as an extra JIVE block.
 - ``penalised_jacobian``: top eigenvector of J^T (M - mu (1 - M)) J at t = 500 (mu = 3), a
-  locality-penalised eigenproblem over the whole h-space, solved matrix-free by Lanczos
-  (``scipy.sparse.linalg.eigsh``) on JVP/VJP products; one mining image.
+  locality-penalised eigenproblem over the whole h-space, solved matrix-free by block Krylov
+  (``localedit.core.jacobian.top_eigenpairs``) on JVP/VJP products; one mining image.
 - ``region_contrast``: the same summed over the four source images (``localedit.core.contrast``).
 - ``region_variation``: ours (``localedit.core.variation``), over the 24 bundled mining images.
 - ``reference``: the supervised twin direction of the region's main factor (a yardstick).

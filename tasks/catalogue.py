@@ -24,7 +24,7 @@ def build_catalogue(run_dir: str, threshold: float, min_support: int, edit: Edit
     model = cached_model(config.model_source, config.model_fingerprint)
     faces = trained_on_generator(model)
     references = reference_directions(model, config.t, config.num_steps) if faces else None
-    with jacobian_threads():  # the only task running: region contrast (forward AD) and the readings get every core
+    with jacobian_threads():  # the only task running: region contrast and the readings get every core
         return str(catalogue.build(run_dir, threshold=threshold, min_support=min_support, model=model,
                                    probe=load_probe() if faces else None, references=references, edit=edit,
                                    progress=progress))

@@ -139,7 +139,7 @@ def test_with_the_model_the_most_local_family_takes_the_individual_ids(tmp_path,
     from localedit.core.hspace import encode, h_shape
     from localedit.core.variation import RegionVariation
 
-    monkeypatch.setattr(catalogue, "CONTRAST_IMAGES", 1)  # Lanczos on a random U-Net converges slowly; one image will do
+    monkeypatch.setattr(catalogue, "CONTRAST_IMAGES", 1)  # a random U-Net's flat spectrum converges slowly; one image will do
     size = tiny_model.resolution
     config = small_config(n=n, k=3, h_shape=h_shape(tiny_model.unet), resolution=size,
                           model_fingerprint=tiny_model.fingerprint, num_steps=4)

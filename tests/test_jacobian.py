@@ -81,3 +81,24 @@ def test_a_region_gets_the_same_subspace_alone_or_batched(tiny_model, state, mas
         assert alone.iterations == batched[a].iterations
         torch.testing.assert_close(alone.basis, batched[a].basis, rtol=0, atol=1e-5)  # finer than acos resolves
         torch.testing.assert_close(alone.singular_values, batched[a].singular_values, rtol=1e-5, atol=1e-7)
+
+
+def test_the_linearisation_records_adjoint_convolutions_with_the_same_products(tiny_model, state, monkeypatch):
+    """J v through the recorded transposed convolutions equals J v through torch's own double backward."""
+    from torch.func import vjp
+
+    from localedit.core import jacobian
+
+    calls = []
+    apply = jacobian._AdjointConv2d.apply
+    monkeypatch.setattr(jacobian._AdjointConv2d, "apply", lambda *args: calls.append(1) or apply(*args))
+    op = MaskedJacobian(tiny_model, state, torch.ones(1, 16, 16))
+    assert calls  # the tiny U-Net's convolutions took the adjoint path
+    out, pullback = vjp(op._f, state.h)  # outside the mode: torch's convolution backward
+    _, push = vjp(lambda u: pullback(u)[0], torch.zeros_like(out))
+    V = torch.randn(1, op.dim, 3, generator=torch.Generator().manual_seed(2))
+    plain = torch.stack([push(v.view_as(state.h))[0] for v in V[0].T])
+    torch.testing.assert_close(op.jvp(V)[0], plain, rtol=1e-4, atol=1e-5)  # float rounding: other kernels
+    U = torch.randn(1, 3, *op.out_shape, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(op.vjp(U)[0].T, torch.stack([pullback(u)[0].reshape(-1) for u in U[0]]),
+                               rtol=1e-4, atol=1e-5)
