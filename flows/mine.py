@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -135,11 +136,22 @@ def preparation(parameters: dict) -> dict:
     # starts, so they fail in one line instead of after the mining.
     EditSettings(p["edit_schedule"], p["t_edit"])
     CatalogueSettings(p["threshold"], p["min_support"])
-    return {"out": datetime.now().strftime(p["out"]), "model": p["model"], "images": p["images"],
+    return {"out": expand_out(p["out"]), "model": p["model"], "images": p["images"],
             "samples": p["samples"], "seed": p["seed"], "regions": p["regions"], "t": p["t"], "k": p["k"],
             "num_steps": p["num_steps"], "complements": p["complements"],
             "jive": jive_params(joint_rank=p["joint_rank"], individual_ranks=p["individual_rank"],
                                 max_angle_deg=p["max_angle_deg"])}
+
+
+def expand_out(template: str) -> str:
+    """``out`` with its strftime codes expanded now; ValueError for a code strftime does not know (it would
+    stay in the folder name literally, and every scheduled run would share that folder)."""
+    unknown = sorted({code for code in re.findall(r"%(.)", template.replace("%%", ""))
+                      if datetime.now().strftime(f"%{code}") == f"%{code}"})
+    if unknown:
+        raise ValueError(f"--out {template!r}: unknown date code(s) {', '.join('%' + c for c in unknown)} "
+                         "(strftime codes such as %Y-%m-%d; %% for a literal %)")
+    return datetime.now().strftime(template)
 
 
 def _mine(run: dict, threshold: float, min_support: int, edit: EditSettings, gpu: bool, progress: bool,

@@ -21,6 +21,8 @@ from localedit.core.settings import BUNDLED_RUN, EDIT_SCHEDULES, CatalogueSettin
 from localedit.evaluation.settings import EvaluationSettings
 from localedit.utils.badinput import BAD_INPUT, check_output_dir, check_output_file
 
+DESCRIPTION = ("Local edits in a diffusion model's h-space: mine region directions (JIVE joint and individual, "
+               "and our extensions) into a catalogue, edit images with them, evaluate and report.")
 # Every option's default comes from the settings classes (localedit.core.settings, localedit.evaluation.settings).
 MINING, EDITING, CATALOGUE, EVALUATION = MiningSettings(), EditSettings(), CatalogueSettings(), EvaluationSettings()
 
@@ -157,8 +159,15 @@ def cmd_mine(args: argparse.Namespace) -> int:
     return 0
 
 
-CATALOGUE_COLUMNS = ["id", "method", "label", "label_share", "reference", "reference_cos", "consistency", "support",
-                     "n_images"]
+CATALOGUE_COLUMNS = ["id", "method", "label", "label_share", "edit_locality", "edit_purity", "reference",
+                     "reference_cos", "consistency", "support", "n_images"]
+
+
+def _in_id_order(frame):
+    """Rows by region, then family, then rank (``joint/2`` before ``joint/10``), as a reader looks them up."""
+    parts = frame["id"].str.rsplit("/", n=1)
+    return frame.assign(_family=parts.str[0], _rank=parts.str[1].astype(int)).sort_values(
+        ["region", "_family", "_rank"], kind="stable").drop(columns=["_family", "_rank"])
 
 
 def cmd_catalogue(args: argparse.Namespace) -> int:
@@ -174,6 +183,7 @@ def cmd_catalogue(args: argparse.Namespace) -> int:
             frame = frame.query(args.expr)
         except (SyntaxError, NameError, TypeError, ValueError) as err:  # ValueError: "region = 'eyes'" (an assignment)
             raise ValueError(f"bad query {args.expr!r}: {err}; columns: {', '.join(frame.columns)}") from err
+    frame = _in_id_order(frame)
     if args.json:
         print(frame.to_json(orient="records", date_format="iso", indent=2))
     else:
@@ -261,7 +271,7 @@ def _method_options(parser: argparse.ArgumentParser, prefix: str, settings: Mini
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="localedit", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="localedit", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="mine and edit one image in memory")
@@ -269,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--image", default=None, help="an image file (default: a bundled sample)")
     _method_options(demo, "", names=("regions", "t", "k"))
     demo.add_argument("--alphas", type=_alphas, default=list(EDITING.alphas), help="strengths (default: %(default)s)")
-    demo.add_argument("--out", default="out/demo")
+    demo.add_argument("--out", default="out/demo", help="folder for the strips (default: %(default)s)")
     demo.set_defaults(func=cmd_demo)
 
     evaluate = sub.add_parser("evaluate", help="locality and fidelity of directions at matched strength")
@@ -292,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     report = sub.add_parser("report", help="write a run's self-contained report.html")
-    report.add_argument("run")
+    report.add_argument("run", help="an evaluated run directory (after `localedit evaluate RUN`)")
     report.set_defaults(func=cmd_report)
 
     mine = sub.add_parser("mine", help="mine a direction catalogue over many images (Prefect flow; resumable)")
@@ -354,12 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="the whole pipeline on the bundled model and samples (`make run`)")
     run.add_argument("--model", default="bundled", help="bundled (default), a diffusers folder, or a hub id")
     run.add_argument("--runner", choices=("local", "dask"), default="local")
-    run.add_argument("--heldout", type=int, default=EVALUATION.strip_images, help="held-out samples in each edit strip")
+    run.add_argument("--heldout", type=int, default=EVALUATION.strip_images, help="held-out samples in each edit strip (default: %(default)s)")
     run.add_argument("--evaluate-heldout", type=int, default=EVALUATION.n_heldout,
                      help="held-out samples every direction is scored on for the report (0: no evaluation)")
     run.add_argument("--no-baselines", dest="baselines", action="store_false",
                      help="score only the run's own directions and the references, not the baseline methods")
-    run.add_argument("--out", default="out/run")
+    run.add_argument("--out", default="out/run", help="run directory; an existing one is resumed (default: %(default)s)")
     run.set_defaults(func=cmd_run)
     return parser
 
@@ -381,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     torch.set_grad_enabled(True)
     warnings.formatwarning = _one_line_warning
+    # A dependency's notice, not ours: shown as "localedit: warning" it read as if localedit were deprecated.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:  # SIGTERM stops a command like Ctrl-C (flows/stopping.py: within seconds, mid-run)
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)

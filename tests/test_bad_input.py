@@ -99,6 +99,25 @@ def test_impossible_catalogue_settings_are_refused_before_any_mining(option, val
     assert not out.exists()
 
 
+def test_out_with_an_unknown_date_code_and_an_empty_regions_file_are_refused(tmp_path, capsys):
+    """Found by a new user: --out runs/%Q made a folder named %Q; a regions file without regions blamed JIVE."""
+    assert main(["mine", "--samples", "1", "--out", str(tmp_path / "runs" / "%Q")]) == 2
+    assert capsys.readouterr().err.strip().endswith("unknown date code(s) %Q (strftime codes such as %Y-%m-%d; "
+                                                    "%% for a literal %)")
+    empty = tmp_path / "regions.json"
+    empty.write_text('{"regions": {}}')
+    assert main(["mine", "--samples", "1", "--regions", str(empty), "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == f"localedit: error: regions file {empty} defines no regions"
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "run").exists()
+
+
+def test_help_reads_as_plain_text(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    shown = capsys.readouterr().out
+    assert "h-space" in shown and "``" not in shown
+
+
 def test_bad_input_is_never_retried():
     class State:
         def __init__(self, err):

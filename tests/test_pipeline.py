@@ -275,7 +275,10 @@ def test_catalogue_and_edit_commands(mined, models, tmp_path, capsys):
     run_dir, _ = mined
     assert main(["catalogue", "show", str(run_dir)]) == 0
     shown = capsys.readouterr().out
-    assert "joint/0" in shown and "eyes/individual/0" in shown
+    assert "joint/0" in shown and "eyes/individual/0" in shown and "edit_locality" in shown
+    joint = [int(line.split()[0][len("joint/"):]) for line in shown.splitlines()
+             if line.startswith("joint/") and line.split()[0].count("/") == 1]
+    assert joint == sorted(joint), joint  # by rank, not in the order the catalogue ranked them by reading
     assert main(["catalogue", "query", str(run_dir), "kind == 'joint'"]) == 0
     queried = capsys.readouterr().out
     assert "joint/0" in queried and "eyes/individual" not in queried

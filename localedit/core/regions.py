@@ -134,6 +134,8 @@ def resolve_regions(spec: str | Path | Sequence[str], size: int) -> list[Region]
     if isinstance(spec, Path) or (isinstance(spec, str) and (spec.endswith(".json") or Path(spec).is_file())):
         path = Path(spec)
         regions = [_from_entry(n, e, size, path.parent) for n, e in load_presets(path).items()]
+        if not regions:
+            raise ValueError(f"regions file {path} defines no regions")
     else:
         names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
         names = [n for n in names if n]
