@@ -143,7 +143,7 @@ def test_report_reads_in_a_real_browser(evaluated, tmp_path):
         assert len(images) == 5 + 1 + 1 and all(done and width > 0 for done, width in images), images
         column = ("[...document.querySelector('table.sortable').tBodies[0].rows]"
                   ".map(r => parseFloat(r.cells[{}].dataset.v))")
-        header = [h for _, _, h, _ in METHOD_COLUMNS].index("locality") + 1
+        header = [h for _, _, h, _ in METHOD_COLUMNS].index("source locality") + 1
         before = page.evaluate(column.format(header))
         assert len(before) == len(METHODS) and before != sorted(before)
         selector = f"table.sortable th:nth-child({header + 1})"
