@@ -34,7 +34,7 @@ from localedit.store.runs import RunStore, run_lock
 from tasks.catalogue import build_catalogue
 from tasks.mine import NOTHING, StageCount, image_subspaces, invert_images, latent_chunks, split_image
 from tasks.prepare import plan_run, prepare_run
-from tasks.runtime import WORKER_CORES_ENV, cores, local_slots, wait_all
+from tasks.runtime import MALLOC_TRIM_ENV, WORKER_CORES_ENV, cores, local_slots, wait_all
 
 RUNNERS = ("local", "dask")
 MINING = MiningSettings()  # the flow's parameter defaults
@@ -43,7 +43,7 @@ OMP_WAIT_POLICY = "OMP_WAIT_POLICY"  # read by OpenMP when torch loads: set in a
 # threshold at 128 KiB: every activation tensor is then mapped, zeroed and unmapped, and a worker's
 # Jacobian took 1.75x the CPU seconds of the same call in process (benchmarks/RESULTS.md). None
 # unsets it for the workers our LocalClusters start (a cluster at --dask-address needs the same).
-WORKER_PRE_SPAWN_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+WORKER_PRE_SPAWN_ENVIRON = {f"distributed.nanny.pre-spawn-environ.{MALLOC_TRIM_ENV}": None}
 
 
 @dataclass(frozen=True)
@@ -146,12 +146,13 @@ def preparation(parameters: dict) -> dict:
 def expand_out(template: str) -> str:
     """``out`` with its strftime codes expanded now; ValueError for a code strftime does not know (it would
     stay in the folder name literally, and every scheduled run would share that folder)."""
+    now = datetime.now()
     unknown = sorted({code for code in re.findall(r"%(.)", template.replace("%%", ""))
-                      if datetime.now().strftime(f"%{code}") == f"%{code}"})
+                      if now.strftime(f"%{code}") == f"%{code}"})
     if unknown:
         raise ValueError(f"--out {template!r}: unknown date code(s) {', '.join('%' + c for c in unknown)} "
                          "(strftime codes such as %Y-%m-%d; %% for a literal %)")
-    return datetime.now().strftime(template)
+    return now.strftime(template)
 
 
 def _mine(run: dict, threshold: float, min_support: int, edit: EditSettings, gpu: bool, progress: bool,

@@ -52,7 +52,7 @@ def warn_if_malloc_trimmed() -> None:
     if MALLOC_TRIM_ENV in os.environ:
         warnings.warn(f"this Dask worker runs with {MALLOC_TRIM_ENV}={os.environ[MALLOC_TRIM_ENV]}, which made "
                       "Jacobians ~1.75x slower here; start workers with the dask config "
-                      "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_ set to null", RuntimeWarning,
+                      f"distributed.nanny.pre-spawn-environ.{MALLOC_TRIM_ENV} set to null", RuntimeWarning,
                       stacklevel=2)
 
 

@@ -239,9 +239,9 @@ def write_report(run_dir: str | Path) -> Path:
     """Render ``run_dir/report.html`` from the evaluation's files; returns its path. FileNotFoundError (saying
     what to run) for a folder that has not been evaluated."""
     run_dir = Path(run_dir)
-    missing = [name for name in (METRICS_FILE, SUMMARY_FILE) if not (run_dir / name).is_file()]
-    if missing:
-        what = "is not a folder" if not run_dir.is_dir() else f"has no evaluation ({', '.join(missing)} missing)"
+    absent = [name for name in (METRICS_FILE, SUMMARY_FILE) if not (run_dir / name).is_file()]
+    if absent:
+        what = "is not a folder" if not run_dir.is_dir() else f"has no evaluation ({', '.join(absent)} missing)"
         raise FileNotFoundError(f"{run_dir} {what}; run `localedit evaluate {run_dir}` first")
     rows = col.read_rows(run_dir / METRICS_FILE)
     result = json.loads((run_dir / SUMMARY_FILE).read_text())

@@ -189,8 +189,8 @@ def build(run_dir: str | Path, threshold: float = CatalogueSettings.threshold,
           edit: EditSettings = EditSettings(), progress: bool = False) -> Path:
     """Aggregate a finished run's per-image results into its catalogue; returns the parquet path.
 
-    ``min_support`` is capped at the number of images, so a run over one image still lists its
-    directions. ``edit`` (how the run's directions are applied) is stored with the catalogue:
+    ``min_support`` is capped at the number of images (with a warning), so a run over one image
+    still lists its directions. ``edit`` (how the run's directions are applied) is stored with the catalogue:
     its readings, ``localedit edit`` and the evaluation all apply a direction that way. ``model`` (the run's) adds the region-variation and region-contrast rows and the
     edit readings (label with ``probe``, locality) that choose each region's ``individual`` rows;
     ``references`` (factor -> unit h vector) adds each row's closest reference. ``progress`` shows a bar over
