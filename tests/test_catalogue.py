@@ -120,6 +120,23 @@ def test_an_incomplete_run_has_no_catalogue(tmp_path):
     assert not (store.run_dir / catalogue.CATALOGUE_NAME).exists()
 
 
+def test_a_failing_stage_closes_the_progress_bar_and_writes_no_catalogue(tmp_path, monkeypatch):
+    """Found in review: a build that raised left its bar open (a stale line on the console)."""
+    from tqdm.auto import tqdm
+
+    store = fill_run(tmp_path / "run")
+
+    def fail(*_):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(catalogue, "_contrast_rows", fail)
+    with pytest.raises(RuntimeError, match="out of memory") as raised:
+        catalogue.build(store.run_dir, progress=True)
+    # The traceback keeps build's frame, and so an unclosed bar, alive (as in an interactive session).
+    assert raised.traceback and not [bar for bar in tqdm._instances if bar.desc == "catalogue"]
+    assert not (store.run_dir / catalogue.CATALOGUE_NAME).exists()
+
+
 def test_rebuilding_with_a_stricter_filter_replaces_the_catalogue(built):
     first = catalogue.open(built.run_dir)
     catalogue.build(built.run_dir, threshold=0.5, min_support=N + 1)  # capped at the image count

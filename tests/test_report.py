@@ -98,6 +98,22 @@ def test_report_plots_lpips_when_it_was_measured(evaluated):
     assert "<th>held-out LPIPS</th>" in page and "<th>held-out LPIPS outside</th>" in page
 
 
+def test_every_table_header_names_its_image_set(evaluated):
+    """Found in review: the per-direction table headed source medians with the bare metric name."""
+    run, model_dir = evaluated
+    _, path = _write(run, model_dir, lpips=False)
+    page = path.read_text()
+    tables = re.findall(r"<table[^>]*>(.*?)</table>", page, re.S)
+    headers = [re.findall(r"<th>(.*?)</th>", table) for table in tables if "<th>held-out locality</th>" in table]
+    assert len(headers) == 2  # the method and the per-direction tables
+    identity = {"method", "direction", "region", "alpha", "images src / transfer"}
+    for header in headers:
+        metrics = [h for h in header if h not in identity]
+        assert metrics and all(h.startswith(("source ", "held-out ")) for h in metrics), metrics
+    assert "<th>held-out locality, better sign</th>" in tables[[i for i, t in enumerate(tables)
+                                                                if "<th>direction</th>" in t][0]]
+
+
 def test_text_table_lists_every_method_with_intervals(evaluated):
     run, model_dir = evaluated
     result, _ = _write(run, model_dir, lpips=False)

@@ -58,10 +58,14 @@ METHOD_COLUMNS = [
     (col.INSIDE_STRENGTH, SOURCE, "source inside RMS", 3),
     (col.TOTAL_CHANGE, TRANSFER, "held-out RMS change", 3),
 ]
-# (metric, image set, decimals) of the per-direction table: medians only.
-DIRECTION_COLUMNS = [(col.LOCALITY, SOURCE, 2), (col.LOCALITY, TRANSFER, 2), (col.OUTSIDE_PSNR, SOURCE, 1),
-                     (col.OUTSIDE_PSNR, TRANSFER, 1), (col.LPIPS, SOURCE, 4), (col.LPIPS_OUTSIDE, SOURCE, 4),
-                     (col.FACTOR_PURITY, SOURCE, 2), (col.FACTOR_PURITY, TRANSFER, 2)]
+# (metric, image set, header, decimals) of the per-direction table: medians only, headers named as above.
+DIRECTION_COLUMNS = [
+    (col.LOCALITY, SOURCE, "source locality", 2), (col.LOCALITY, TRANSFER, "held-out locality", 2),
+    (col.LOCALITY_BEST_SIGN, TRANSFER, "held-out locality, better sign", 2),
+    (col.OUTSIDE_PSNR, SOURCE, "source outside PSNR dB", 1), (col.OUTSIDE_PSNR, TRANSFER, "held-out outside PSNR dB", 1),
+    (col.LPIPS, SOURCE, "source LPIPS", 4), (col.LPIPS_OUTSIDE, SOURCE, "source LPIPS outside", 4),
+    (col.FACTOR_PURITY, SOURCE, "source factor purity", 2), (col.FACTOR_PURITY, TRANSFER, "held-out factor purity", 2),
+]
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
 h1{margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
@@ -193,10 +197,10 @@ def _method_table(methods: dict) -> str:
 
 
 def _direction_table(directions: list[dict]) -> str:
-    head = "".join(f"<th>{col.summary_key(c, s).replace('_', ' ')}</th>" for c, s, _ in DIRECTION_COLUMNS)
+    head = "".join(f"<th>{h}</th>" for _, _, h, _ in DIRECTION_COLUMNS)
     body = []
     for d in directions:
-        cells = "".join(_cell(_stat(d, c, s), k) for c, s, k in DIRECTION_COLUMNS)
+        cells = "".join(_cell(_stat(d, c, s), k) for c, s, _, k in DIRECTION_COLUMNS)
         body.append(f"<tr><td>{html.escape(str(d[col.DIRECTION]))}</td><td>{html.escape(str(d[col.METHOD]))}</td>"
                     f"<td>{html.escape(str(d.get(col.DIRECTION_REGION) or 'all'))}</td>"
                     f"{_cell(d.get(col.ALPHA_MEDIAN), 3)}{cells}</tr>")

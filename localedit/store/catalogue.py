@@ -207,40 +207,39 @@ def build(run_dir: str | Path, threshold: float = CatalogueSettings.threshold,
         warnings.warn(f"min_support {min_support} exceeds the run's {len(splits)} image(s): a catalogue direction "
                       f"needs the support of all {len(splits)}", stacklevel=2)
         min_support = len(splits)
-    bar = tqdm(total=3, desc="catalogue", disable=not progress)
-    bar.set_postfix_str("variation, consensus")
-    found, joint_variation = _variation_rows(store, model)
-    jive_method = "jive_complement" if config.complements else "jive_individual"
-    groups = [(region, jive_method, [s.individual[a] for s in splits], [s.individual_singular_values[a] for s in splits])
-              for a, region in enumerate(config.regions)]
-    groups.append((joint_region(config.regions), "jive_joint", [s.joint for s in splits],
-                   [s.joint_singular_values for s in splits]))
-    for region, method, bases, singular_values in groups:
-        shared = consensus(bases, singular_values, config.k, threshold, min_support)
-        for rank in range(shared.directions.shape[1]):
-            stats = {"singular_value": float(shared.singular_values[rank]), "consistency": float(shared.consistency[rank]),
-                     "support": int(shared.support[rank]), "n_images": shared.n_images}
-            found.append((region, method, stats, shared.directions[:, rank]))
-    bar.update()
-    bar.set_postfix_str("region contrast")
-    found += joint_variation + _contrast_rows(store, model)
-    bar.update()
-    bar.set_postfix_str("edit readings")
-    vectors = torch.stack([v for *_, v in found]) if found else torch.zeros(0, config.h_dim)
-    masks = {r.name: r.mask for r in store.regions}
-    masks[joint_region(config.regions)] = torch.stack(list(masks.values())).amax(0)
-    ranks = _family_ranks(found)
-    readings: list[Reading | None] = [None] * len(found)
-    read = [i for i, ((_, method, _, _), rank) in enumerate(zip(found, ranks))
-            if rank < (JOINT_READ_RANKS if method in JOINT_METHODS else LABEL_RANKS)] if model is not None else []
-    if read:
-        x_T = torch.stack([store.x_T(i) for i in range(min(LABEL_IMAGES, len(config.images)))])
-        for i, reading in zip(read, read_edits(model, x_T, vectors[read], [found[i][0] for i in read],
-                                               torch.stack([masks[found[i][0]] for i in read]), probe,
-                                               edit=edit, num_steps=config.num_steps)):
-            readings[i] = reading
-    bar.update()
-    bar.close()
+    with tqdm(total=3, desc="catalogue", disable=not progress) as bar:  # closed even if a stage raises
+        bar.set_postfix_str("variation, consensus")
+        found, joint_variation = _variation_rows(store, model)
+        jive_method = "jive_complement" if config.complements else "jive_individual"
+        groups = [(region, jive_method, [s.individual[a] for s in splits], [s.individual_singular_values[a] for s in splits])
+                  for a, region in enumerate(config.regions)]
+        groups.append((joint_region(config.regions), "jive_joint", [s.joint for s in splits],
+                       [s.joint_singular_values for s in splits]))
+        for region, method, bases, singular_values in groups:
+            shared = consensus(bases, singular_values, config.k, threshold, min_support)
+            for rank in range(shared.directions.shape[1]):
+                stats = {"singular_value": float(shared.singular_values[rank]), "consistency": float(shared.consistency[rank]),
+                         "support": int(shared.support[rank]), "n_images": shared.n_images}
+                found.append((region, method, stats, shared.directions[:, rank]))
+        bar.update()
+        bar.set_postfix_str("region contrast")
+        found += joint_variation + _contrast_rows(store, model)
+        bar.update()
+        bar.set_postfix_str("edit readings")
+        vectors = torch.stack([v for *_, v in found]) if found else torch.zeros(0, config.h_dim)
+        masks = {r.name: r.mask for r in store.regions}
+        masks[joint_region(config.regions)] = torch.stack(list(masks.values())).amax(0)
+        ranks = _family_ranks(found)
+        readings: list[Reading | None] = [None] * len(found)
+        read = [i for i, ((_, method, _, _), rank) in enumerate(zip(found, ranks))
+                if rank < (JOINT_READ_RANKS if method in JOINT_METHODS else LABEL_RANKS)] if model is not None else []
+        if read:
+            x_T = torch.stack([store.x_T(i) for i in range(min(LABEL_IMAGES, len(config.images)))])
+            for i, reading in zip(read, read_edits(model, x_T, vectors[read], [found[i][0] for i in read],
+                                                   torch.stack([masks[found[i][0]] for i in read]), probe,
+                                                   edit=edit, num_steps=config.num_steps)):
+                readings[i] = reading
+        bar.update()
     ranks = _rank_joint_by_reading(found, ranks, readings)
     in_region = regions_of()
     every = [f for factors in in_region.values() for f in factors]
