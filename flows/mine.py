@@ -188,6 +188,8 @@ def task_runner(runner: str = "local", dask_address: str | None = None, workers:
     """The flow's task runner: None keeps the in-process default; "dask" a LocalCluster or ``dask_address``."""
     if runner not in RUNNERS:
         raise ValueError(f"unknown runner {runner!r}; use one of {RUNNERS}")
+    if workers is not None and workers < 1:  # a LocalCluster of none restarts its worker forever
+        raise ValueError(f"--workers must be at least 1; got {workers}")
     if runner == "local":
         if dask_address:
             raise ValueError("--dask-address needs --runner dask")

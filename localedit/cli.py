@@ -85,10 +85,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from localedit.evaluation.report import text_table, write_report
 
+    settings = EvaluationSettings(args.target, args.sources, args.heldout)  # impossible values fail here, in one line
     if args.run:
-        from flows.evaluate import evaluate_directions
+        from flows.evaluate import check_inputs, evaluate_directions
         from flows.local_server import pipeline_server
 
+        check_inputs(args.run, settings)  # before Prefect starts: its task-failure log would print a traceback
         with pipeline_server():
             result = evaluate_directions(args.run, heldout=args.heldout, sources=args.sources,
                                          baselines=args.compare, target=args.target)

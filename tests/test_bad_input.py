@@ -343,6 +343,16 @@ def _commands(b: dict, out: Path) -> list[tuple[str, list[str]]]:
         ("edit another model", edit + ["--model", str(b["models"]["zero-snr-epsilon"].parent / "tiny-other"),
                                        "--image", image, "--out", str(out / "s.png")]),
         ("edit --alphas nan", edit + ["--image", image, "--alphas", "nan,0.1", "--out", str(out / "s.png")]),
+        # Found by a second new user: evaluate started work (or printed Prefect's traceback) on these.
+        ("evaluate --sources 0", ["evaluate", run, "--sources", "0"]),
+        ("evaluate --heldout -3", ["evaluate", run, "--sources", "1", "--heldout", "-3"]),
+        ("evaluate --target 5", ["evaluate", run, "--sources", "1", "--target", "5"]),
+        ("evaluate --target 0", ["evaluate", run, "--sources", "1", "--target", "0"]),
+        ("evaluate --sources beyond the run", ["evaluate", run, "--sources", "99"]),
+        ("evaluate --heldout beyond the samples", ["evaluate", run, "--sources", "1", "--heldout", "100000"]),
+        ("evaluate no run", ["evaluate", str(out.parent / "nowhere")]),
+        ("mine --workers 0", mine + ["--model", model, "--samples", "1", "--runner", "dask", "--workers", "0",
+                                     "--out", str(out)]),
     ]
     return commands
 

@@ -16,7 +16,7 @@ from localedit.core.regions import box
 from localedit.evaluation import schema as col
 from localedit.evaluation.baselines import METHODS, REGION_FREE, Direction, method_directions
 from localedit.evaluation.compare import compare
-from localedit.evaluation.layout import METRICS_FILE, SUMMARY_FILE
+from localedit.evaluation.layout import METRICS_FILE, STAGED_STRIPS_DIR, STRIPS_DIR, SUMMARY_FILE
 from localedit.evaluation.matching import Match, match_strength
 from localedit.evaluation.metrics import random_backbone_lpips
 from localedit.evaluation.scoring import (
@@ -210,9 +210,10 @@ def test_small_comparison_end_to_end(tiny_model, setting, tmp_path):
     assert len(per_direction) > 0
     np.testing.assert_allclose(per_direction, 0.02, rtol=0.1)
     assert (rows.loc[rows["kind"] == "sweep", "alpha_mult"].abs().max()) == pytest.approx(2.0)
-    assert len(list((tmp_path / "strips").glob("*.png"))) == len(directions)
+    assert len(list((tmp_path / STAGED_STRIPS_DIR).glob("*.png"))) == len(directions)  # staged until saved
 
     result = save_results(tmp_path, rows, {"model_source": "tiny", "lpips_note": "unavailable: test"}, METHODS)
+    assert len(list((tmp_path / STRIPS_DIR).glob("*.png"))) == len(directions)
     assert pd.read_parquet(tmp_path / METRICS_FILE).shape == rows.shape
     on_disk = json.loads((tmp_path / SUMMARY_FILE).read_text())
     assert on_disk["methods"] == result["methods"]

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from localedit.bundled.references import REFERENCE_PREFIX
 from localedit.core.models import DiffusionModel
 from localedit.evaluation.baselines import CATALOGUE_FAMILIES, METHODS, Direction
-from localedit.evaluation.layout import strip_path
+from localedit.evaluation.layout import discard_staged_strips, strip_path
 from localedit.evaluation.scoring import ImageSet, Scorer, evaluate_direction
 from localedit.evaluation.settings import EvaluationSettings
 
@@ -69,8 +69,11 @@ def expected_methods(directions: Sequence[Direction], baselines: bool = True,
 def plan_evaluation(directions: Sequence[Direction], source_keys: Sequence[str], n_heldout: int,
                     settings: EvaluationSettings = EvaluationSettings(), out_dir: str | Path | None = None, expected: Sequence[str] = ()) -> EvaluationPlan:
     """The plan for ``directions`` (a ``Direction.source`` of None: found on many images) over the source
-    images ``source_keys`` and ``n_heldout`` held-out images (the rule: the module docstring); strips go
-    under ``out_dir`` when given."""
+    images ``source_keys`` and ``n_heldout`` held-out images (the rule: the module docstring); strips are
+    staged under ``out_dir`` when given (what a stopped evaluation staged there is discarded) and published
+    with the metrics (``summary.save_results``)."""
+    if out_dir is not None:
+        discard_staged_strips(out_dir)
     n_source = len(source_keys)
     assignments = []
     for d in directions:
@@ -80,7 +83,7 @@ def plan_evaluation(directions: Sequence[Direction], source_keys: Sequence[str],
             own = source_keys.index(d.source)
             match_on, score_on = (own,), tuple(range(own, n_heldout, n_source))
         sweep = min(settings.strip_images, len(score_on)) if own == 0 else 0
-        strip = strip_path(out_dir, d.id) if sweep and out_dir is not None else None
+        strip = strip_path(out_dir, d.id, staged=True) if sweep and out_dir is not None else None
         assignments.append(Assignment(d, match_on, score_on, sweep, strip))
     return EvaluationPlan(settings, tuple(assignments), tuple(expected))
 

@@ -27,3 +27,11 @@ class EvaluationSettings:
     n_heldout: int = 16
     strip_images: int = 3
     max_rank: int = 1
+
+    def __post_init__(self):  # impossible settings fail where they are given, before any model is loaded
+        if not 0 < self.target < 1:
+            raise ValueError(f"target is an RMS change of images in [0, 1], so it must lie in (0, 1); got {self.target}")
+        for name, value, least in (("sources", self.n_source, 1), ("heldout", self.n_heldout, 1),
+                                   ("strip_images", self.strip_images, 0), ("max_rank", self.max_rank, 1)):
+            if value < least:
+                raise ValueError(f"{name} must be at least {least}; got {value}")

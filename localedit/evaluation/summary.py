@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from localedit.evaluation import schema as col
-from localedit.evaluation.layout import METRICS_FILE, SUMMARY_FILE
+from localedit.evaluation.layout import METRICS_FILE, SUMMARY_FILE, publish_strips
 from localedit.utils.atomic import write_atomic
 
 
@@ -106,7 +106,8 @@ def save_results(out_dir: str | Path, rows: pd.DataFrame, settings: dict, method
 
     ``methods`` are listed in the summary even when none of their directions was found.
 
-    Each file is written under a temporary name and renamed, so a crash leaves no half-written file.
+    Each file is written under a temporary name and renamed, so a crash leaves no half-written file; the
+    evaluation's staged strips then replace the previous ones (``layout.publish_strips``).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,6 +118,7 @@ def save_results(out_dir: str | Path, rows: pd.DataFrame, settings: dict, method
               "directions": [{k: _clean(v) for k, v in r.items()} for r in per_direction.to_dict("records")]}
     write_atomic(out / METRICS_FILE, lambda p: rows.to_parquet(p, index=False))
     write_atomic(out / SUMMARY_FILE, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+    publish_strips(out)
     return result
 
 
