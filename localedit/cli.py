@@ -174,6 +174,8 @@ def _in_id_order(frame):
 
 def cmd_catalogue(args: argparse.Namespace) -> int:
     """Print a run's directions (all, or those matching a pandas query)."""
+    import pandas as pd
+
     from localedit.store import catalogue
 
     cat = catalogue.open(args.run)
@@ -182,9 +184,13 @@ def cmd_catalogue(args: argparse.Namespace) -> int:
         print(cat)
     else:
         try:
-            frame = frame.query(args.expr)
+            # Evaluated first: pandas' query() indexes with a non-boolean result ("rank") instead of refusing it.
+            keep = frame.eval(args.expr)
+            if not (isinstance(keep, pd.Series) and pd.api.types.is_bool_dtype(keep)):
+                raise TypeError("the query must be a condition, true or false for each direction")
         except (SyntaxError, NameError, TypeError, ValueError) as err:  # ValueError: "region = 'eyes'" (an assignment)
             raise ValueError(f"bad query {args.expr!r}: {err}; columns: {', '.join(frame.columns)}") from err
+        frame = frame[keep]
     frame = _in_id_order(frame)
     if args.json:
         print(frame.to_json(orient="records", date_format="iso", indent=2))

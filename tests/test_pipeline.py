@@ -285,6 +285,9 @@ def test_catalogue_and_edit_commands(mined, models, tmp_path, capsys):
     for query in ("nonsense == 1", "region = 'eyes'"):  # a new user's typo: an assignment
         assert main(["catalogue", "query", str(run_dir), query]) == 2
         assert "bad query" in capsys.readouterr().err
+    for query in ("rank", "region"):  # a second new user's: pandas indexed with these instead of refusing them
+        assert main(["catalogue", "query", str(run_dir), query]) == 2
+        assert "the query must be a condition" in capsys.readouterr().err
 
     image = _png(tmp_path / "face.png", 16)
     strip = tmp_path / "strip.png"
