@@ -18,10 +18,9 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.stopping import stoppable
-from localedit.bundled.samples import SAMPLES_DIR, load_samples
+from localedit.bundled.samples import SAMPLES_DIR
 from localedit.evaluation.plan import EvaluationResult, expected_methods, plan_evaluation
 from localedit.evaluation.settings import EvaluationSettings
-from localedit.store import catalogue
 from tasks.evaluate import (
     baseline_directions,
     catalogue_directions,
@@ -58,7 +57,6 @@ def evaluate_directions(run_dir: str, heldout: int = DEFAULTS.n_heldout, sources
     """
     start = time.perf_counter()
     settings = EvaluationSettings(target, sources, heldout, strip_images, max_rank)
-    check_inputs(run_dir, settings, samples)
     run = prepare_evaluation(run_dir, settings, samples)
     directions = catalogue_directions(run_dir, max_rank)
     references = reference_task(run)
@@ -82,18 +80,6 @@ def evaluate_directions(run_dir: str, heldout: int = DEFAULTS.n_heldout, sources
     result = publish(run_dir, frames, record, list(plan.expected_methods))
     print(f"evaluated {len(directions)} directions on {len(run.heldout.keys)} held-out images: {result.report}")
     return result
-
-
-def check_inputs(run_dir: str, settings: EvaluationSettings, samples: str = str(SAMPLES_DIR)) -> None:
-    """Fail in one line, before Prefect or a model starts, when the run has no catalogue or fewer images than
-    ``settings.n_source``, or ``samples`` fewer held-out images than ``settings.n_heldout``
-    (``localedit evaluate`` calls it first, the flow again)."""
-    images = len(catalogue.open(run_dir).attrs["images"])  # FileNotFoundError: no catalogue, says what to run
-    if settings.n_source > images:
-        raise ValueError(f"--sources {settings.n_source}: the run {run_dir} has {images} images")
-    available = len(load_samples("heldout", samples)[1])
-    if settings.n_heldout > available:
-        raise ValueError(f"--heldout {settings.n_heldout}: {samples} has {available} held-out images")
 
 
 def main() -> None:

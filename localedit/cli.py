@@ -87,10 +87,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     settings = EvaluationSettings(args.target, args.sources, args.heldout)  # impossible values fail here, in one line
     if args.run:
-        from flows.evaluate import check_inputs, evaluate_directions
+        from flows.evaluate import evaluate_directions
         from flows.local_server import pipeline_server
+        from localedit.bundled.samples import SAMPLES_DIR
+        from tasks.evaluate import check_inputs
 
-        check_inputs(args.run, settings)  # before Prefect starts: its task-failure log would print a traceback
+        # Before Prefect starts: the task would check the same, but its failure log prints a traceback.
+        check_inputs(args.run, settings, str(SAMPLES_DIR))
         with pipeline_server():
             result = evaluate_directions(args.run, heldout=args.heldout, sources=args.sources,
                                          baselines=args.compare, target=args.target)

@@ -45,27 +45,35 @@ def method_label(method: str) -> str:
 
 
 SOURCE, TRANSFER = col.SOURCE_SET, col.TRANSFER_SET
-# (metric, image set, header, decimals) of the method table; each median is shown with its interval. Every
-# header names its image set: "source" (the images directions were matched on) or "held-out" (transferred to).
-METHOD_COLUMNS = [
-    (col.LOCALITY, SOURCE, "source locality", 2), (col.LOCALITY, TRANSFER, "held-out locality", 2),
-    (col.LOCALITY_BEST_SIGN, TRANSFER, "held-out locality, better sign", 2),
-    (col.FACTOR_PURITY_BEST_SIGN, TRANSFER, "held-out purity, better sign", 2),
-    (col.OUTSIDE_PSNR, TRANSFER, "held-out outside PSNR dB", 1), (col.OUTSIDE_SSIM, TRANSFER, "held-out outside SSIM", 3),
-    (col.LPIPS, TRANSFER, "held-out LPIPS", 4), (col.LPIPS_OUTSIDE, TRANSFER, "held-out LPIPS outside", 4),
-    (col.FACTOR_PURITY, SOURCE, "source factor purity", 2), (col.FACTOR_PURITY, TRANSFER, "held-out factor purity", 2),
-    (col.GLOBAL_PURITY, TRANSFER, "held-out global-factor purity", 2),
-    (col.INSIDE_STRENGTH, SOURCE, "source inside RMS", 3),
-    (col.TOTAL_CHANGE, TRANSFER, "held-out RMS change", 3),
-]
-# (metric, image set, header, decimals) of the per-direction table: medians only, headers named as above.
-DIRECTION_COLUMNS = [
-    (col.LOCALITY, SOURCE, "source locality", 2), (col.LOCALITY, TRANSFER, "held-out locality", 2),
-    (col.LOCALITY_BEST_SIGN, TRANSFER, "held-out locality, better sign", 2),
-    (col.OUTSIDE_PSNR, SOURCE, "source outside PSNR dB", 1), (col.OUTSIDE_PSNR, TRANSFER, "held-out outside PSNR dB", 1),
-    (col.LPIPS, SOURCE, "source LPIPS", 4), (col.LPIPS_OUTSIDE, SOURCE, "source LPIPS outside", 4),
-    (col.FACTOR_PURITY, SOURCE, "source factor purity", 2), (col.FACTOR_PURITY, TRANSFER, "held-out factor purity", 2),
-]
+# Every table header names its image set: "source" (the images directions were matched on) or "held-out"
+# (transferred to), then the metric's name here and its decimals.
+SET_NAMES = {SOURCE: "source", TRANSFER: "held-out"}
+METRIC_NAMES = {
+    col.LOCALITY: ("locality", 2), col.LOCALITY_BEST_SIGN: ("locality, better sign", 2),
+    col.FACTOR_PURITY_BEST_SIGN: ("purity, better sign", 2), col.OUTSIDE_PSNR: ("outside PSNR dB", 1),
+    col.OUTSIDE_SSIM: ("outside SSIM", 3), col.LPIPS: ("LPIPS", 4), col.LPIPS_OUTSIDE: ("LPIPS outside", 4),
+    col.FACTOR_PURITY: ("factor purity", 2), col.GLOBAL_PURITY: ("global-factor purity", 2),
+    col.INSIDE_STRENGTH: ("inside RMS", 3), col.TOTAL_CHANGE: ("RMS change", 3),
+}
+
+
+def _columns(*pairs: tuple[str, str]) -> list[tuple[str, str, str, int]]:
+    """(metric, image set, header, decimals) of each (metric, image set)."""
+    return [(metric, image_set, f"{SET_NAMES[image_set]} {METRIC_NAMES[metric][0]}", METRIC_NAMES[metric][1])
+            for metric, image_set in pairs]
+
+
+# The method table: each median with its interval.
+METHOD_COLUMNS = _columns(
+    (col.LOCALITY, SOURCE), (col.LOCALITY, TRANSFER), (col.LOCALITY_BEST_SIGN, TRANSFER),
+    (col.FACTOR_PURITY_BEST_SIGN, TRANSFER), (col.OUTSIDE_PSNR, TRANSFER), (col.OUTSIDE_SSIM, TRANSFER),
+    (col.LPIPS, TRANSFER), (col.LPIPS_OUTSIDE, TRANSFER), (col.FACTOR_PURITY, SOURCE), (col.FACTOR_PURITY, TRANSFER),
+    (col.GLOBAL_PURITY, TRANSFER), (col.INSIDE_STRENGTH, SOURCE), (col.TOTAL_CHANGE, TRANSFER))
+# The per-direction table: medians only.
+DIRECTION_COLUMNS = _columns(
+    (col.LOCALITY, SOURCE), (col.LOCALITY, TRANSFER), (col.LOCALITY_BEST_SIGN, TRANSFER), (col.OUTSIDE_PSNR, SOURCE),
+    (col.OUTSIDE_PSNR, TRANSFER), (col.LPIPS, SOURCE), (col.LPIPS_OUTSIDE, SOURCE), (col.FACTOR_PURITY, SOURCE),
+    (col.FACTOR_PURITY, TRANSFER))
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
 h1{margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
