@@ -1,7 +1,7 @@
 """Pipeline benchmark: image-region pairs mined per minute, how busy the cores are, and what orchestration costs.
 
 Runs ``flows/mine.py`` on the bundled model over N images sampled from it, once per runner
-(in process; Dask ``LocalCluster``s of 1 and 2 workers), against a loopback Prefect server of
+(in process; Dask ``LocalCluster``s of 1 worker, the flow's default, and of 2), against a loopback Prefect server of
 its own (Dask workers are separate processes and report their task runs to it). Every run is
 a fresh child process, so each pays the same start-up and its CPU time (Dask workers'
 included: they are its children) is its own. ``--baseline REF`` adds a run of the pipeline as
@@ -18,7 +18,7 @@ lock-holding pipelines, mostly waiting for the Jacobian lock); peak RSS of the l
 
     python benchmarks/pipeline.py --quick --json                # 6 images, in process vs Dask: a few minutes
     python benchmarks/pipeline.py --quick --baseline main --json
-    python benchmarks/pipeline.py                               # 16 and 64 images, local, dask:1, dask:2
+    python benchmarks/pipeline.py                               # 16 and 64 images, local, dask, dask:2
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -41,7 +42,7 @@ from flows.local_server import loopback_server
 REPO = Path(__file__).resolve().parent.parent
 REGIONS = "eyes,mouth"
 QUICK = {"images": "6", "runners": "local,dask"}
-FULL = {"images": "16,64", "runners": "local,dask:1,dask:2"}
+FULL = {"images": "16,64", "runners": "local,dask,dask:2"}
 
 
 def _union_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -59,8 +60,8 @@ CATALOGUE_TASK = "build-catalogue"
 
 def stage_seconds(runs: list[tuple[str, float, float]]) -> tuple[float, float]:
     """(mining, catalogue) seconds of a flow's task runs (name, start, end): mining from the first start to the
-    last end of the per-image tasks (inversion, subspaces, splits), catalogue the build's own runs."""
-    per_image = [(a, b) for name, a, b in runs if name.startswith(("invert-", "subspaces-", "split-"))]
+    last end of the per-image tasks (inversion, subspaces and splits; before, subspaces and splits apart), catalogue the build's own runs."""
+    per_image = [(a, b) for name, a, b in runs if name.startswith(("invert-", "image-", "subspaces-", "split-"))]
     mining = max(b for _, b in per_image) - min(a for a, _ in per_image) if per_image else 0.0
     return mining, sum(b - a for name, a, b in runs if name.startswith(CATALOGUE_TASK))
 
@@ -182,8 +183,20 @@ def mine(model: str, n: int, runner: str, out: Path, tree: Path = REPO, version:
     }
 
 
+def medians(rows: list[dict]) -> list[dict]:
+    """One row per (version, runner, images): with ``--repeat``, each figure the median over its rounds (this
+    machine's speed drifts by up to 1.5x within minutes, so rounds alternate the runners)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["version"], r["runner"], r["images"]), []).append(r)
+    return [{**group[0], **{key: statistics.median(r[key] for r in group) for key, value in group[0].items()
+                            if isinstance(value, float)}, "rounds": len(group)} for group in groups.values()]
+
+
 def ratios(rows: list[dict]) -> dict:
-    """Per image count, throughput ratios of runs measured in this invocation (new in-process is the base)."""
+    """Per image count, throughput ratios of runs measured in this invocation (new in-process is the base;
+    repeated runs by their medians)."""
+    rows = medians(rows)
     out = {}
     for key, suffix in (("pairs_per_minute", ""), ("mining_pairs_per_minute", "_mining")):
         by = {(r["version"], r["runner"], r["images"]): r[key] for r in rows if r.get(key)}
@@ -205,7 +218,7 @@ def headline(rows: list[dict]) -> dict:
     Dask over in-process (the flow's default worker count if it ran, else the best Dask run), new over
     old pairs per minute."""
     n = max(r["images"] for r in rows)
-    pick = {(r["version"], r["runner"]): r for r in rows if r["images"] == n}
+    pick = {(r["version"], r["runner"]): r for r in medians(rows) if r["images"] == n}
     local = pick["new", "local"]
     figures = {"images": n, "core_utilisation": local["core_utilisation"], "machine_busy": local["machine_busy"]}
     dask = [r for (version, runner), r in pick.items() if version == "new" and runner.startswith("dask")]
@@ -248,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default=None, metavar="REF",
                         help="also run the pipeline as it was at this git revision (in process)")
     parser.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of every run, the runners alternating; ratios from the medians (default 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # one run, in a child process
     args = parser.parse_args(argv)
@@ -267,9 +282,11 @@ def main(argv: list[str] | None = None) -> int:
                 plan = [("new", runner, REPO) for runner in runners]
                 if baseline:
                     plan.insert(1, ("old", "local", baseline))  # beside the new in-process run it is compared with
-                for version, runner, tree in plan:
-                    rows.append(mine(model, n, runner, workdir / f"{version}-{runner}-{n}", tree, version))
-                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+                for round_ in range(args.repeat):
+                    for version, runner, tree in plan:
+                        out = workdir / f"{version}-{runner}-{n}-{round_}"
+                        rows.append({**mine(model, n, runner, out, tree, version), "round": round_})
+                        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     machine = {"cpus": len(os.sched_getaffinity(0)), "load_average": os.getloadavg(), "baseline": args.baseline}
     if args.json:
         print(json.dumps({**headline(rows), "model": described, "machine": machine,

@@ -2,8 +2,8 @@
 
 images (a folder, the bundled samples, or N samples from the model) x regions -> invert every
 image to the editing timestep t (one task per chunk of images, one batch through the U-Net) ->
-the subspaces of every region and complement of an image (one task per image, one
-linearisation; the tasks running at once compute side by side) -> JIVE per image -> consensus
+the subspaces of every region and complement of an image, then their JIVE split (one task per
+image, one linearisation; the tasks running at once compute side by side) -> consensus
 across images -> catalogue. Everything lands in
 one run directory (see ``localedit.store.runs``); rerunning on it resumes.
 
@@ -32,7 +32,7 @@ from flows.stopping import stoppable
 from localedit.core.settings import CatalogueSettings, EditSettings, MiningSettings, jive_params
 from localedit.store.runs import RunStore, run_lock
 from tasks.catalogue import build_catalogue
-from tasks.mine import NOTHING, StageCount, image_subspaces, invert_images, latent_chunks, split_image
+from tasks.mine import NOTHING, StageCount, invert_images, latent_chunks, subspaces_and_split
 from tasks.prepare import plan_run, prepare_run
 from tasks.runtime import MALLOC_TRIM_ENV, WORKER_CORES_ENV, cores, local_slots, wait_all
 
@@ -139,6 +139,7 @@ def preparation(parameters: dict) -> dict:
     return {"out": expand_out(p["out"]), "model": p["model"], "images": p["images"],
             "samples": p["samples"], "seed": p["seed"], "regions": p["regions"], "t": p["t"], "k": p["k"],
             "num_steps": p["num_steps"], "complements": p["complements"],
+            "t_edit": p["t_edit"] if p["edit_schedule"] == "from_t_edit" else None,
             "jive": jive_params(joint_rank=p["joint_rank"], individual_ranks=p["individual_rank"],
                                 max_angle_deg=p["max_angle_deg"])}
 
@@ -155,28 +156,35 @@ def expand_out(template: str) -> str:
     return now.strftime(template)
 
 
+def model_resources(gpu: bool):
+    """The context in which model-heavy tasks are submitted: with ``gpu``, they ask Dask for a ``GPU`` worker."""
+    return dask.annotate(resources={"GPU": 1}) if gpu else nullcontext()
+
+
 def _mine(run: dict, threshold: float, min_support: int, edit: EditSettings, gpu: bool, progress: bool,
           start: float) -> MiningResult:
     """The flow's task graph over a prepared run (its lock held)."""
     run_dir, n = run["run_dir"], run["images"]
     # Submitted stage by stage: a task waiting for its upstream holds a worker thread, so
     # interleaving the stages per image would fill every slot with waiting tasks.
-    with dask.annotate(resources={"GPU": 1}) if gpu else nullcontext():
+    with model_resources(gpu):
         chunks = {chunk: invert_images.submit(run_dir, *chunk) for chunk in latent_chunks(n)}
         latents = {i: future for (start, stop), future in chunks.items() for i in range(start, stop)}
-        subspaces = {i: image_subspaces.submit(run_dir, i, wait_for=[latents[i]]) for i in range(n)}
-    splits = {i: split_image.submit(run_dir, i, wait_for=[subspaces[i]]) for i in range(n)}
-    futures = {**{("latent", chunk): f for chunk, f in chunks.items()},
-               **{("subspace", i): f for i, f in subspaces.items()},
-               **{("split", i): f for i, f in splits.items()}}
-    wait_all(futures.values(), "mining", progress)
-    reports = {key: future.result() for key, future in futures.items()}  # raises the first failure
-    built = time.perf_counter()
-    catalogue = build_catalogue(run_dir, threshold, min_support, edit, progress)
-    built = time.perf_counter() - built
+        images = {i: subspaces_and_split.submit(run_dir, i, wait_for=[latents[i]]) for i in range(n)}
+    wait_all([*chunks.values(), *images.values()], "mining", progress)
     counts = dict.fromkeys(("latent", "subspace", "split"), NOTHING)
-    for (stage, _), report in reports.items():
-        counts[stage] += report
+    for future in chunks.values():  # .result() raises the first failure
+        counts["latent"] += future.result()
+    for future in images.values():
+        for stage, count in future.result().items():
+            counts[stage] += count
+    built = time.perf_counter()
+    # A task like the others, so on Dask it runs on a worker (a GPU one with ``gpu``), which holds
+    # the model and its warmed-up memory, with every core of that worker: built in the flow's own
+    # process beside a cluster, the same catalogue took 1.1-1.2x as long (benchmarks/RESULTS.md).
+    with model_resources(gpu):
+        catalogue = build_catalogue.submit(run_dir, threshold, min_support, edit, progress).result()
+    built = time.perf_counter() - built
     result = MiningResult(run_dir, run["run_id"], str(flow_run.id), catalogue, counts,
                           sum(c.seconds for c in counts.values()), built, time.perf_counter() - start)
     get_run_logger().info(f"mined {n} images x {len(run['regions'])} regions into {catalogue}: {result.counts_text()}")
@@ -198,15 +206,18 @@ def task_runner(runner: str = "local", dask_address: str | None = None, workers:
 
     if dask_address:
         return DaskTaskRunner(address=dask_address)
-    n = workers or cores()
-    # One task at a time per worker, so a worker's Jacobian gets all of its cores (tasks.runtime).
-    # Its OpenMP threads sleep at barriers instead of spinning: on a machine whose cores are also
-    # busy with other work, spinning threads that wait for a descheduled one made a 2-thread
-    # Jacobian ~4x slower than a 1-thread one (benchmarks/RESULTS.md).
-    env = {WORKER_CORES_ENV: str(max(1, cores() // n)), OMP_WAIT_POLICY: os.environ.get(OMP_WAIT_POLICY, "PASSIVE")}
+    n = workers or 1
+    # The workers split the machine's cores, and each runs one task per core, side by side on one
+    # torch thread each, as the in-process runner does: two 1-thread Jacobians do twice the work of
+    # one, a 2-thread Jacobian 1.41x (benchmarks/RESULTS.md), and the tasks of one worker share its
+    # model. Its OpenMP threads sleep at barriers instead of spinning: on a machine whose cores are
+    # also busy with other work, spinning threads that wait for a descheduled one made a 2-thread
+    # Jacobian ~4x slower than a 1-thread one.
+    share = max(1, cores() // n)
+    env = {WORKER_CORES_ENV: str(share), OMP_WAIT_POLICY: os.environ.get(OMP_WAIT_POLICY, "PASSIVE")}
     dask.config.set(WORKER_PRE_SPAWN_ENVIRON)  # read when the nanny starts, inside the flow run
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
-        "n_workers": n, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
+        "n_workers": n, "threads_per_worker": share, "processes": True, "host": "127.0.0.1",
         "dashboard_address": None, "env": env, "resources": {"GPU": 1} if gpu else None,
     })
 

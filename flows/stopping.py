@@ -7,12 +7,15 @@ them is safe: the run store marks a task's work only after its chunks are writte
 resumes and recomputes exactly the unmarked work. So the first signal is passed on (Prefect
 records the flow run as crashed and unwinds); if the process is still there ``GRACE_SECONDS``
 later, or at a second signal, it terminates every process it started (a Prefect server, Dask
-workers) and exits with status 128 + the signal number.
+workers) and exits with status 128 + the signal number. From the first signal on, the console
+no longer shows Prefect's per-run records (a deliberate stop read as three "Crash detected"
+ERROR lines); the server keeps them, and the console says in one line that the run stopped.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import sys
@@ -21,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psutil
+from prefect.logging.handlers import PrefectConsoleHandler
 
 GRACE_SECONDS = 5.0
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -55,6 +59,20 @@ def end(signum: int) -> None:
         os._exit(128 + signum)
 
 
+RUN_RECORDS = ("prefect.flow_runs", "prefect.task_runs")  # the engine's loggers of flow and task run states
+
+
+def _not_a_run_record(record: logging.LogRecord) -> bool:
+    return not record.name.startswith(RUN_RECORDS)
+
+
+def quiet_run_records() -> None:
+    """Keep Prefect's flow and task run records off this process's console (its API handler still sends them)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(_not_a_run_record)
+
+
 def stoppable(fn: Callable) -> Callable:
     """Decorate a flow function: it runs with ``stop_handlers`` installed.
 
@@ -84,6 +102,7 @@ def stop_handlers() -> Iterator[None]:
         _received.append(signum)
         if len(_received) > 1:
             end(signum)
+        quiet_run_records()
         timer = threading.Timer(GRACE_SECONDS, end, args=(signum,))
         timer.daemon = True
         timer.start()

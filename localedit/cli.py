@@ -79,6 +79,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ``evaluate``'s options for the comparison without a run, and their defaults: a run brings its own.
+WITHOUT_A_RUN = {"model": None, "regions": BUNDLED_RUN.regions, "num_steps": BUNDLED_RUN.num_steps,
+                 "joint_rank": BUNDLED_RUN.jive["joint_rank"], "out": "out/evaluate-compare"}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score directions at matched strength: a run's catalogue (via the flow), or with --compare alone every method in memory."""
     import json
@@ -87,6 +92,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     settings = EvaluationSettings(args.target, args.sources, args.heldout)  # impossible values fail here, in one line
     if args.run:
+        given = [f"--{name.replace('_', '-')}" for name, default in WITHOUT_A_RUN.items() if getattr(args, name) != default]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply without a run ({args.run} is evaluated with the "
+                             "model, regions and settings it was mined with)")
         from flows.evaluate import evaluate_directions
         from flows.local_server import pipeline_server
         from localedit.bundled.samples import SAMPLES_DIR
@@ -154,12 +163,16 @@ def cmd_mine(args: argparse.Namespace) -> int:
     """Mine a catalogue over many images with the Prefect flow; an existing run directory is resumed."""
     from flows.mine import run_mining
 
+    if args.t_edit is not None and args.edit_schedule != "from_t_edit":
+        raise ValueError(f"--t-edit applies only with --edit-schedule from_t_edit (the {args.edit_schedule!r} "
+                         "schedule edits every reverse step)")
     summary = run_mining(
         runner=args.runner, dask_address=args.dask_address, workers=args.workers, out=args.out, model=args.model,
         images=args.images, samples=args.samples, seed=args.seed, regions=args.regions, t=args.t, k=args.k,
         num_steps=args.num_steps, joint_rank=args.joint_rank, individual_rank=args.individual_rank,
         complements=not args.paper_jive, threshold=args.threshold, min_support=args.min_support,
-        edit_schedule=args.edit_schedule, t_edit=args.t_edit, gpu=args.gpu)
+        edit_schedule=args.edit_schedule, t_edit=EDITING.t_edit if args.t_edit is None else args.t_edit,
+        gpu=args.gpu)
     _print_mining(summary)
     return 0
 
@@ -289,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default=None, help="bundled (default), a diffusers folder, or a hub id")
     demo.add_argument("--image", default=None, help="an image file (default: a bundled sample)")
     _method_options(demo, "", names=("regions", "t", "k"))
-    demo.add_argument("--alphas", type=_alphas, default=list(EDITING.alphas), help="strengths (default: %(default)s)")
+    demo.add_argument("--alphas", type=_alphas, default=list(EDITING.alphas),
+                      help="strengths (default: %s)" % ",".join(map(str, EDITING.alphas)))
     demo.add_argument("--out", default="out/demo", help="folder for the strips (default: %(default)s)")
     demo.set_defaults(func=cmd_demo)
 
@@ -297,19 +311,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", nargs="?", help="a mined run directory (omit with --compare for the bundled comparison)")
     evaluate.add_argument("--compare", action="store_true", help="also evaluate the baseline methods")
     evaluate.add_argument("--json", action="store_true", help="print the per-method summary as JSON")
-    evaluate.add_argument("--model", default=None, help="without a run: bundled (default), a diffusers folder, or a hub id")
+    evaluate.add_argument("--model", default=WITHOUT_A_RUN["model"],
+                          help="without a run: bundled (default), a diffusers folder, or a hub id")
     evaluate.add_argument("--sources", type=int, default=EVALUATION.n_source,
-                          help="images directions are matched on (and baselines mined on): the run's first, or "
-                               "mining-subset ones (default: %(default)s)")
+                          help="the first N images of the run (without a run: of the bundled mining subset); "
+                               "directions are matched to the target strength on them and baselines mined on them "
+                               "(default: %(default)s)")
     evaluate.add_argument("--heldout", type=int, default=EVALUATION.n_heldout,
                           help="held-out images to transfer to (default: %(default)s)")
     evaluate.add_argument("--target", type=float, default=EVALUATION.target,
                           help="RMS pixel change every direction is matched to (default: %(default)s)")
     _method_options(evaluate, "without a run: ", BUNDLED_RUN, ("regions", "num_steps"))
-    evaluate.add_argument("--joint-rank", type=int, default=BUNDLED_RUN.jive["joint_rank"],
+    evaluate.add_argument("--joint-rank", type=int, default=WITHOUT_A_RUN["joint_rank"],
                           help="without a run: JIVE joint rank (default %(default)s, as `localedit run` mines: on the "
                                "bundled model the angles alone find no joint direction); -1: chosen from the angles")
-    evaluate.add_argument("--out", default="out/evaluate-compare", help="without a run: where results and report go")
+    evaluate.add_argument("--out", default=WITHOUT_A_RUN["out"], help="without a run: where results and report go")
     evaluate.set_defaults(func=cmd_evaluate)
 
     report = sub.add_parser("report", help="write a run's self-contained report.html")
@@ -326,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--joint-rank", type=int, default=MINING.jive["joint_rank"],
                       help="JIVE joint rank (default: from subspace angles)")
     mine.add_argument("--individual-rank", type=int, default=MINING.jive["individual_ranks"],
-                      help="JIVE individual rank per region (default: auto)")
+                      help="JIVE individual rank per region (default: from subspace angles; 0: JIVE gives no individual "
+                           "directions, the catalogue's local ones then come from our other families)")
     mine.add_argument("--paper-jive", action="store_true",
                       help="JIVE over the regions only, as in the paper (default: each region's complement is one "
                            "more block, which keeps individual directions more local)")
@@ -339,12 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="how the catalogue's directions are applied (stored with it, so `localedit edit` and the "
                            "evaluation apply them alike): at every reverse step, or while t >= --t-edit "
                            "(default: %(default)s)")
-    mine.add_argument("--t-edit", type=int, default=EDITING.t_edit,
-                      help="with --edit-schedule from_t_edit: the last timestep edited (default: %(default)s)")
+    mine.add_argument("--t-edit", type=int, default=None,
+                      help=f"with --edit-schedule from_t_edit: the last timestep edited (default: {EDITING.t_edit})")
     mine.add_argument("--runner", choices=("local", "dask"), default="local",
                       help="local: tasks in this process; dask: a LocalCluster or --dask-address")
     mine.add_argument("--dask-address", default=None, help="scheduler of an existing cluster, e.g. tcp://host:8786")
-    mine.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: one per core)")
+    mine.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes; they split the cores, each running one task per core (default: 1)")
     mine.add_argument("--gpu", action="store_true", help="model-heavy tasks ask Dask for a GPU worker resource")
     mine.add_argument("--out", required=True,
                       help="run directory (resumed if it holds a run with the same settings); strftime %%-codes "
@@ -374,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="the whole pipeline on the bundled model and samples (`make run`)")
     run.add_argument("--model", default="bundled", help="bundled (default), a diffusers folder, or a hub id")
-    run.add_argument("--runner", choices=("local", "dask"), default="local")
+    run.add_argument("--runner", choices=("local", "dask"), default="local",
+                     help="local: mining tasks in this process (default); dask: on a LocalCluster")
     run.add_argument("--heldout", type=int, default=EVALUATION.strip_images, help="held-out samples in each edit strip (default: %(default)s)")
     run.add_argument("--evaluate-heldout", type=int, default=EVALUATION.n_heldout,
                      help="held-out samples every direction is scored on for the report (0: no evaluation)")

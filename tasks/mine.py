@@ -4,7 +4,7 @@ Each task first checks its completion marks and returns at once when the work is
 the store, so a resumed run recomputes nothing that is complete. Each returns a ``StageCount``
 of the units of its stage it computed and skipped (an image's latent, an image's subspace
 blocks, a split). Latents are computed a chunk of images at a time
-(one batch through the U-Net), the rest one image at a time.
+(one batch through the U-Net); an image's subspaces and their split in one task.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from localedit.core.ddim import denoise, invert
 from localedit.core.mining import Latent, latent_at, region_subspaces, split_subspaces
 from localedit.store.runs import RunStore
 from localedit.utils.pixels import to_signed, to_unit
-from tasks.runtime import GPU_TASK_OPTIONS, TASK_OPTIONS, cached_model, use_thread_share
+from tasks.runtime import GPU_TASK_OPTIONS, cached_model, use_thread_share
 
 
 @dataclass(frozen=True)
@@ -84,19 +84,29 @@ def invert_images(run_dir: str, start: int, stop: int) -> StageCount:
     return StageCount(len(pending), stop - start - len(pending), seconds)
 
 
-@task(name="image-subspaces", task_run_name="subspaces-{index}", **GPU_TASK_OPTIONS)
-def image_subspaces(run_dir: str, index: int) -> StageCount:
+@task(name="subspaces-and-split", task_run_name="image-{index}", **GPU_TASK_OPTIONS)
+def subspaces_and_split(run_dir: str, index: int) -> dict[str, StageCount]:
+    """One image's subspaces, then their JIVE split; ``{"subspace": blocks, "split": the split}`` counts.
+
+    One task per image, not one per block and stage: the blocks share one linearisation and one
+    stack of tangents, and each task run costs its runner ~0.3 s (in process) to ~0.5 s (a Dask
+    worker) of state round trips, so the split, 1-3% of the image's work, rides along instead of
+    being a task run of its own (benchmarks/RESULTS.md). A retried or resumed task computes only
+    what the store has not marked done.
+    """
+    store = RunStore(run_dir)
+    return {"subspace": _subspaces(store, index), "split": _split(store, index)}
+
+
+def _subspaces(store: RunStore, index: int) -> StageCount:
     """Top-k subspaces of the masked Jacobians d(mask * eps)/dh of every block (regions and complements)
     of one image that the store still lacks, all from one linearisation at the image's x_t.
 
-    One task per image, not per block: the blocks share the linearisation and one stack of
-    tangents. The products are reverse-mode only (``localedit.core.jacobian.MaskedJacobian``), so no
+    The products are reverse-mode only (``localedit.core.jacobian.MaskedJacobian``), so no
     lock: the images of the tasks running at once are computed side by side, each on its thread
-    share (one core each by default). A resumed run computes only the blocks not yet marked;
-    each block's subspace is the same whichever blocks share the call
-    (``localedit.core.jacobian.subspaces``).
+    share (one core each by default). Each block's subspace is the same whichever blocks share the
+    call (``localedit.core.jacobian.subspaces``), so a resumed image computes only the blocks not yet marked.
     """
-    store = RunStore(run_dir)
     config = store.config
     blocks = store.pending_blocks(index)
     if not blocks:
@@ -112,10 +122,8 @@ def image_subspaces(run_dir: str, index: int) -> StageCount:
     return StageCount(len(blocks), len(config.blocks) - len(blocks), seconds)
 
 
-@task(name="split-image", task_run_name="split-{index}", **TASK_OPTIONS)
-def split_image(run_dir: str, index: int) -> StageCount:
+def _split(store: RunStore, index: int) -> StageCount:
     """JIVE of one image's region (and complement) subspaces into joint and individual bases."""
-    store = RunStore(run_dir)
     if store.split_done(index):
         return StageCount(0, 1)
     start = time.perf_counter()

@@ -61,9 +61,13 @@ def _check_jive(jive: dict, k: int, n_regions: int) -> None:
 
 
 def plan_run(out: str, model: str, images: str | None, samples: int | None, seed: int, regions: str,
-             t: int, k: int, num_steps: int, jive: dict, complements: bool = True) -> dict:
+             t: int, k: int, num_steps: int, jive: dict, complements: bool = True, t_edit: int | None = None) -> dict:
     """Every check that can be made before a run; writes nothing. Returns the store's inputs
-    (``config``, ``masks``, ``pixels``, ``x_T``); raises one of ``BAD_INPUT`` on bad input."""
+    (``config``, ``masks``, ``pixels``, ``x_T``); raises one of ``BAD_INPUT`` on bad input.
+
+    ``t_edit``: the last timestep the catalogue's edits reach (schedule ``from_t_edit``; None: every step). It
+    must be one of the model's timesteps: beyond them no step is edited and every direction would do nothing.
+    """
     check_output_dir(out)
     if (images is None) == (samples is None):
         raise ValueError("give exactly one of images (a folder, or 'bundled') or samples (a count)")
@@ -78,6 +82,9 @@ def plan_run(out: str, model: str, images: str | None, samples: int | None, seed
     if not 0 <= t < loaded.scheduler.config.num_train_timesteps or num_steps < 1:
         raise ValueError(f"need 0 <= t < {loaded.scheduler.config.num_train_timesteps} and num_steps >= 1; "
                          f"got t={t}, num_steps={num_steps}")
+    if t_edit is not None and not 0 <= t_edit < loaded.scheduler.config.num_train_timesteps:
+        raise ValueError(f"--t-edit {t_edit} edits no step: the model's timesteps are 0 to "
+                         f"{loaded.scheduler.config.num_train_timesteps - 1}")
     _check_jive(jive, k, len(region_list))
     if complements:
         complements_of(region_list, size)  # a region covering the whole image has no complement
@@ -104,10 +111,10 @@ def plan_run(out: str, model: str, images: str | None, samples: int | None, seed
 
 @task(name="prepare-run", **TASK_OPTIONS)
 def prepare_run(out: str, model: str, images: str | None, samples: int | None, seed: int, regions: str,
-                t: int, k: int, num_steps: int, jive: dict, complements: bool = True) -> dict:
+                t: int, k: int, num_steps: int, jive: dict, complements: bool = True, t_edit: int | None = None) -> dict:
     """Check everything (``plan_run``), then open the run store; returns its directory, image count, region
     and block names."""
-    plan = plan_run(out, model, images, samples, seed, regions, t, k, num_steps, jive, complements)
+    plan = plan_run(out, model, images, samples, seed, regions, t, k, num_steps, jive, complements, t_edit)
     config = plan["config"]
     store = RunStore.open_or_create(out, config, plan["masks"], plan["pixels"], plan["x_T"])
     return {"run_dir": str(store.run_dir), "images": len(config.images), "regions": list(config.regions),

@@ -353,6 +353,11 @@ def _commands(b: dict, out: Path) -> list[tuple[str, list[str]]]:
         ("evaluate no run", ["evaluate", str(out.parent / "nowhere")]),
         ("mine --workers 0", mine + ["--model", model, "--samples", "1", "--runner", "dask", "--workers", "0",
                                      "--out", str(out)]),
+        ("mine --t-edit beyond the timesteps", mine + ["--model", model, "--samples", "1", "--edit-schedule",
+                                                       "from_t_edit", "--t-edit", "2000", "--out", str(out)]),
+        ("mine --t-edit without its schedule", mine + ["--model", model, "--samples", "1", "--t-edit", "300",
+                                                       "--out", str(out)]),
+        ("evaluate RUN --regions", ["evaluate", run, "--sources", "1", "--regions", "eyes,hair"]),
     ]
     return commands
 
@@ -390,6 +395,22 @@ def test_battery_of_bad_inputs_is_one_line_exit_2_and_writes_nothing(battery, tm
     assert len(commands) > 60
     assert not failures, "\n".join(failures)
     assert sorted(str(p.relative_to(battery["run"])) for p in battery["run"].rglob("*")) == run_before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["mine", "--samples", "1", "--edit-schedule", "from_t_edit", "--t-edit", "2000"],
+     "--t-edit 2000 edits no step: the model's timesteps are 0 to 999"),
+    (["mine", "--samples", "1", "--t-edit", "300"], "--t-edit applies only with --edit-schedule from_t_edit"),
+    (["evaluate", "{run}", "--regions", "eyes,hair", "--num-steps", "7"], "--regions, --num-steps only apply without a run"),
+])
+def test_options_that_would_do_nothing_are_refused(argv, message, battery, tmp_path, capsys):
+    """Found by a second new user: these were accepted and ignored (or made every direction a no-op)."""
+    argv = [a.replace("{run}", str(battery["run"])) for a in argv]
+    if argv[0] == "mine":
+        argv += ["--model", str(battery["model"]), "--k", "2", "--num-steps", "10", "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith(f"localedit: error: {message}")
+    assert not (tmp_path / "out").exists()
 
 
 def test_inputs_converted_with_a_note_give_a_valid_strip(battery, tmp_path):

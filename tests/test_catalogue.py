@@ -108,13 +108,16 @@ def test_unknown_direction_and_missing_catalogue(built, tmp_path):
     cat = catalogue.open(built.run_dir)
     with pytest.raises(KeyError, match="no direction 'eyes/individual/99'.*joint/0"):
         cat.vector("eyes/individual/99")
-    with pytest.raises(FileNotFoundError, match="no catalogue"):
+    with pytest.raises(FileNotFoundError, match=r"no catalogue .*`localedit mine --samples N --out .*nowhere`"):
         catalogue.open(tmp_path / "nowhere")
 
 
 def test_an_incomplete_run_has_no_catalogue(tmp_path):
     config = small_config(n=2)
     store = RunStore.create(tmp_path / "run", config, box_masks(config))
+    # Found by a second new user: the hint suggested a new `mine` (lacking --samples) instead of the resume.
+    with pytest.raises(FileNotFoundError, match="unfinished \\(0 of 2 images mined.*rerun the `localedit mine` command"):
+        catalogue.open(store.run_dir)
     with pytest.raises(ValueError, match="incomplete.*0 of 2"):
         catalogue.build(store.run_dir)
     assert not (store.run_dir / catalogue.CATALOGUE_NAME).exists()

@@ -194,14 +194,14 @@ def test_dask_on_a_local_cluster_matches_in_process(mined, models, server, tmp_p
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     # gpu=True: model-heavy tasks ask for a "GPU" worker resource, which this cluster's workers offer.
-    summary = run_mining(runner="dask", workers=2, gpu=True, out=str(tmp_path / "dask"), model=models["tiny"],
+    summary = run_mining(runner="dask", gpu=True, out=str(tmp_path / "dask"), model=models["tiny"],
                          progress=False, **SETTINGS)
     assert summary.tasks["subspace"].computed == 24
     _assert_same_catalogue(tmp_path / "dask", mined[0])
     with get_client(sync_client=True) as client:  # the workers reported their task runs to the server
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(summary.flow_run_id)])))
     names = [r.name for r in runs if r.state.is_completed()]
-    assert sum(n.startswith("subspaces-") for n in names) == 6
+    assert sum(n.startswith("image-") for n in names) == 6
     assert sorted(n for n in names if n.startswith("invert-")) == ["invert-0:4", "invert-4:6"]  # LATENT_BATCH is 4
 
 
@@ -328,6 +328,6 @@ def test_the_console_shows_a_bar_and_the_summary_while_prefect_keeps_the_records
         assert len(ours) == 1 and ours[0].state.is_completed(), ours
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[ours[0].id])))
     finished = [log for log in logs if "Finished in state Completed()" in log.message]
-    # every task's record is on the server: inversions of the 6 images (batches of up to 4), subspaces and
-    # split per image
-    assert len(finished) >= 1 + 2 * 6
+    # every run's record is on the server: the flow, its preparation, the inversions of the 6 images (batches
+    # of up to 4), one subspaces-and-split task per image and the catalogue build
+    assert len(finished) == 1 + 1 + 2 + 6 + 1, [log.message for log in finished]

@@ -44,3 +44,11 @@ def test_mining_stages_leave_out_the_catalogue_build_and_get_their_own_ratios():
             dict(row("new", "dask", 6, 10.0), mining_pairs_per_minute=None)]  # no stage times: left out
     assert ratios(rows) == {6: {"dask_over_inprocess": 0.5, "new_over_old": 2.0, "new_over_old_mining": 3.0}}
     assert headline(rows)["new_over_old_mining"] == 3.0
+
+
+def test_repeated_runs_are_compared_by_their_medians_and_one_task_per_image_counts_as_mining():
+    rows = [row("new", "local", 6, rate) for rate in (20.0, 30.0, 22.0)] + \
+        [row("new", "dask", 6, rate) for rate in (11.0, 33.0, 24.0)]
+    assert ratios(rows) == {6: {"dask_over_inprocess": pytest.approx(24.0 / 22.0)}}
+    assert headline(rows)["dask_over_inprocess"] == pytest.approx(24.0 / 22.0)
+    assert stage_seconds([("invert-0:4", 0.0, 5.0), ("image-3", 5.0, 9.0), ("build-catalogue-x", 9.0, 12.0)]) == (9.0, 3.0)

@@ -186,6 +186,19 @@ def test_resume_needs_equal_settings(store):
         RunStore.create(store.run_dir, config, box_masks(config))
 
 
+def test_other_settings_are_named_as_the_user_gave_them():
+    """Found by a second new user: the refusal dumped whole internal dicts and tuples of None."""
+    jive = {"joint_rank": None, "individual_ranks": 0, "max_angle_deg": 30.0}
+    assert small_config(jive=jive).differences(small_config(n=4, k=3, seed=1)) == [
+        "samples: 3 != 4", "individual_rank: 0 != None", "k: 2 != 3", "seed: 0 != 1"]
+    files = small_config(n=4, images=("a.png", "b.png", "c.png", "d.png"), image_sources=("/x/a.png",) * 4,
+                         model_fingerprint="fedcba9876543210", resolution=16, complements=True)
+    assert small_config().differences(files) == [
+        "model: fingerprint 0123456789abcdef != fedcba9876543210",
+        "samples: 3 != images: 4 files (a.png, b.png, c.png, ...)", "paper_jive: True != False"]
+    assert small_config().differences(small_config(model_source="/elsewhere")) == []
+
+
 def test_only_the_run_lock_holder_removes_temporary_chunks(store):
     """Reopening a store removes nothing (the file may be a concurrent writer's in-flight chunk); the holder of
     the run lock does, and a second run on the folder is refused while the lock is held."""

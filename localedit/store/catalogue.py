@@ -51,7 +51,7 @@ from localedit.core.variation import RegionVariation
 from localedit.evaluation import schema as col  # the label columns the evaluation's rows carry on
 from localedit.evaluation.baselines import CATALOGUE_FAMILIES
 from localedit.evaluation.labels import Reading, closest_reference, read_edits
-from localedit.store.runs import RunStore
+from localedit.store.runs import STORE_NAME, RunStore
 from localedit.utils.atomic import write_atomic
 
 CATALOGUE_NAME = "catalogue.parquet"
@@ -278,6 +278,16 @@ def stored_edit(attrs: dict, where: Path) -> EditSettings:
     return EditSettings()
 
 
+def _no_catalogue(run_dir: Path) -> str:
+    """Why a folder has no catalogue, and the command that gives it one."""
+    if (run_dir / STORE_NAME).exists():
+        done, total = RunStore(run_dir).progress()["split"]
+        return (f"no catalogue at {run_dir / CATALOGUE_NAME}: the run there is unfinished ({done} of {total} images "
+                "mined, no catalogue built); rerun the `localedit mine` command that started it to finish it")
+    return (f"no catalogue at {run_dir / CATALOGUE_NAME}; mine one with `localedit mine --samples N --out {run_dir}` "
+            "(or --images FOLDER)")
+
+
 class Catalogue:
     """The directions of one run: ``.frame`` (a DataFrame, one row per direction), ``.vector(id)``,
     ``.attrs`` (run settings), ``.edit`` (how its directions are applied: ``localedit edit``, the
@@ -287,7 +297,7 @@ class Catalogue:
         self.run_dir = Path(run_dir)
         path = self.run_dir / CATALOGUE_NAME
         if not path.exists():
-            raise FileNotFoundError(f"no catalogue at {path}; mine one with `localedit mine --out {self.run_dir}`")
+            raise FileNotFoundError(_no_catalogue(self.run_dir))
         self.frame = pd.read_parquet(path)
         store = RunStore(self.run_dir)
         vectors, build_attrs = store.directions()

@@ -109,10 +109,41 @@ class RunConfig:
         return cls(**values)
 
     def differences(self, other: "RunConfig") -> list[str]:
-        """Fields that differ, ignoring where the model was loaded from (its fingerprint decides)."""
+        """The settings that differ, this run's value first, each named as ``localedit mine`` and
+        ``mine_directions`` name it (``k: 3 != 4``, ``samples: 3 != 4``, ``joint_rank: None != 1``); where the
+        model was loaded from is ignored (its fingerprint decides), and what follows from the model
+        (resolution, channels, h shape) is said once, as the model."""
         mine, theirs = asdict(self), asdict(other)
-        return [f"{name}: {mine[name]!r} != {theirs[name]!r}" for name in mine
-                if name != "model_source" and mine[name] != theirs[name]]
+        found = []
+        if self.model_fingerprint != other.model_fingerprint:
+            found.append(f"model: fingerprint {self.model_fingerprint} != {other.model_fingerprint}")
+        if (self.images, self.image_sources) != (other.images, other.image_sources):
+            words = [_image_words(self), _image_words(other)]
+            if words[0].startswith("samples") and words[1].startswith("samples"):
+                words[1] = words[1].removeprefix("samples: ")
+            found.append(" != ".join(words))
+        if self.complements != other.complements:
+            found.append(f"paper_jive: {not self.complements} != {not other.complements}")
+        for key in mine["jive"]:
+            if mine["jive"][key] != theirs["jive"][key]:
+                found.append(f"{JIVE_FLAGS.get(key, 'JIVE ' + key)}: {mine['jive'][key]!r} != {theirs['jive'][key]!r}")
+        said = {"model_source", "model_fingerprint", "images", "image_sources", "complements", "jive"}
+        if self.model_fingerprint != other.model_fingerprint:
+            said |= {"resolution", "channels", "h_shape"}
+        return found + [f"{name}: {mine[name]!r} != {theirs[name]!r}" for name in mine
+                        if name not in said and mine[name] != theirs[name]]
+
+
+# How the run settings of JIVE are named where a user gives them (``localedit mine``, ``mine_directions``).
+JIVE_FLAGS = {"joint_rank": "joint_rank", "individual_ranks": "individual_rank", "max_angle_deg": "max_angle_deg"}
+
+
+def _image_words(config: RunConfig) -> str:
+    """A run's images as its user gave them: ``samples: 3``, or ``images: 4 files (a.png, ...)``."""
+    if all(source is None for source in config.image_sources):
+        return f"samples: {len(config.images)}"
+    shown = ", ".join(config.images[:3]) + (", ..." if len(config.images) > 3 else "")
+    return f"images: {len(config.images)} files ({shown})"
 
 
 def _coordinates(config: RunConfig) -> dict[str, tuple[str, ...]]:
