@@ -126,8 +126,27 @@ def test_text_table_lists_every_method_with_intervals(evaluated):
                         for image_set in (col.TRANSFER_SET, col.SOURCE_SET))
         if held is not None and f"{held:.1f}" != f"{source:.1f}":
             assert f" {held:.1f} " in line, line
-    assert [line.split()[0] for line in lines[1:]] == list(METHODS)
+    assert [line[:len(LABELS[name])] for name, line in zip(METHODS, lines[1:])] == [LABELS[m] for m in METHODS]
     assert re.search(r"0\.\d\d \[0\.\d\d, 0\.\d\d\]", table)
+
+
+def test_report_speaks_to_readers_not_in_python_reprs(evaluated):
+    """Found by a second new user: the header dumped dicts, the direction table showed internal method names, and
+    method rows with nothing scored were unexplained."""
+    run, model_dir = evaluated
+    rows = _rows(lpips=False)
+    rows = rows[~rows["method"].isin(["region_variation", "joint_variation"])]  # a run of too few images
+    save_results(run, rows, {"model_source": str(model_dir), "target_change": 0.03, "lpips_note": "", "probe_note": "",
+                             "chance_locality": {"eyes": 0.137, "mouth": 0.094},
+                             "jive": {"joint_rank": None, "max_angle_deg": 30.0}}, METHODS)
+    page = write_report(run).read_text()
+    header = re.search(r'<p class="meta">(.*?)</p>', page).group(1)
+    assert "chance locality: (eyes: 0.137; mouth: 0.094)" in header and "joint rank: auto" in header
+    assert "{" not in header and "[" not in header
+    table = next(t for t in re.findall(r"<table[^>]*>(.*?)</table>", page, re.S) if "<th>direction</th>" in t)
+    assert "<td>region contrast (ours)</td>" in table and "<td>region_contrast</td>" not in table
+    assert re.search(r"region variation \(ours\), joint variation \(ours\): nothing scored; .*at least \d+ mined images",
+                     page)
 
 
 def test_report_command_rewrites_the_report(evaluated, capsys):

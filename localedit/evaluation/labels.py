@@ -35,6 +35,7 @@ class Reading:
     locality: float  # median over images of the more local sign's share of change inside the region
     purity: float  # share of the probe's squared change on the region's factors (global ones for a joint region)
     alpha: float  # the strength read at, relative to ||h||
+    sign: float = float("nan")  # +1 if +alpha raises the label's factor (median over images), -1 if it lowers it
 
 
 def read_edits(model: DiffusionModel, x_T: torch.Tensor, vectors: torch.Tensor, regions: Sequence[str],
@@ -61,15 +62,17 @@ def read_edits(model: DiffusionModel, x_T: torch.Tensor, vectors: torch.Tensor, 
     out = []
     for region, mask, edits, alpha in zip(regions, masks, edited, alphas.tolist()):
         shares = locality(reference, edits.flatten(0, 1), mask).view(-1, 2)
-        label, share, purity = "", float("nan"), float("nan")
+        label, share, purity, sign = "", float("nan"), float("nan"), float("nan")
         if probe is not None:
-            changes = factor_change(probe, reference, edits.flatten(0, 1))
+            changes = factor_change(probe, reference, edits.flatten(0, 1))  # rows: (image, +alpha / -alpha)
             energy = (changes**2).sum(0)
             label = str(energy.idxmax())
             share = float(energy[label] / energy.sum()) if float(energy.sum()) > 0 else float("nan")
             purities = factor_purity(changes, region_factors(region))
             purity = float("nan") if np.isnan(purities).all() else float(np.nanmedian(purities))
-        out.append(Reading(label, share, float(shares.nan_to_num(0).amax(1).median()), purity, alpha))
+            moved = changes[label].to_numpy().reshape(-1, 2)
+            sign = 1.0 if np.median(moved[:, 0] - moved[:, 1]) >= 0 else -1.0
+        out.append(Reading(label, share, float(shares.nan_to_num(0).amax(1).median()), purity, alpha, sign))
     return out
 
 

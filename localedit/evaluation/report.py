@@ -23,6 +23,7 @@ import pandas as pd  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402
 
 from localedit.bundled.references import REFERENCE_PREFIX  # noqa: E402
+from localedit.core.variation import RegionVariation  # noqa: E402
 from localedit.evaluation import schema as col  # noqa: E402
 from localedit.evaluation.baselines import METHODS  # noqa: E402
 from localedit.evaluation.layout import METRICS_FILE, REPORT_FILE, STRIPS_DIR, SUMMARY_FILE, strip_path  # noqa: E402
@@ -35,6 +36,9 @@ LABELS = {
     "region_variation": "region variation (ours)", "region_contrast": "region contrast (ours)",
     "joint_variation": "joint variation (ours)",
 }
+
+
+VARIATION_METHODS = ("region_variation", "joint_variation")  # found only in runs of enough images
 
 
 def method_label(method: str) -> str:
@@ -200,8 +204,20 @@ def _method_table(methods: dict) -> str:
                         for c, s, _, d in METHOD_COLUMNS)
         body.append(f"<tr><td>{html.escape(method_label(name))}</td>{cells}<td>{_image_counts(m)}</td>"
                     f"{_cell(m.get(col.ALPHA_MEDIAN), 3)}</tr>")
-    return (f'<table class="sortable"><thead><tr><th>method</th>{head}<th>images src / transfer</th>'
-            f'<th>alpha</th></tr></thead><tbody>{"".join(body)}</tbody></table>')
+    table = (f'<table class="sortable"><thead><tr><th>method</th>{head}<th>images src / transfer</th>'
+             f'<th>alpha</th></tr></thead><tbody>{"".join(body)}</tbody></table>')
+    return table + _unscored_note(methods)
+
+
+def _unscored_note(methods: dict) -> str:
+    """Why some method rows are empty: the run's catalogue has no direction of theirs."""
+    empty = [name for name in _ordered(methods) if methods[name].get(col.N_DIRECTIONS) == 0]
+    if not empty:
+        return ""
+    why = (f" (region and joint variation need at least {RegionVariation().min_images} mined images)"
+           if any(name in VARIATION_METHODS for name in empty) else "")
+    return (f'<p class="note">{html.escape(", ".join(map(method_label, empty)))}: nothing scored; the run\'s '
+            f"catalogue has no direction of theirs{html.escape(why)}.</p>")
 
 
 def _direction_table(directions: list[dict]) -> str:
@@ -209,7 +225,7 @@ def _direction_table(directions: list[dict]) -> str:
     body = []
     for d in directions:
         cells = "".join(_cell(_stat(d, c, s), k) for c, s, _, k in DIRECTION_COLUMNS)
-        body.append(f"<tr><td>{html.escape(str(d[col.DIRECTION]))}</td><td>{html.escape(str(d[col.METHOD]))}</td>"
+        body.append(f"<tr><td>{html.escape(str(d[col.DIRECTION]))}</td><td>{html.escape(method_label(d[col.METHOD]))}</td>"
                     f"<td>{html.escape(str(d.get(col.DIRECTION_REGION) or 'all'))}</td>"
                     f"{_cell(d.get(col.ALPHA_MEDIAN), 3)}{cells}</tr>")
     return (f'<table class="sortable"><thead><tr><th>direction</th><th>method</th><th>region</th><th>alpha</th>'
@@ -247,6 +263,19 @@ def _model_card(source: str | None) -> str:
     return f'<h2>Model card</h2><div class="card">{body}</div>'
 
 
+def _settings_text(value) -> str:
+    """Evaluation settings for readers: ``key: value`` pairs (a nested group in parentheses), floats to 3
+    figures, lists comma-joined, method names as the tables show them; not Python reprs of dicts."""
+    if isinstance(value, dict):
+        return "; ".join(f"{key.replace('_', ' ')}: " + (f"({_settings_text(v)})" if isinstance(v, dict) else _settings_text(v))
+                         for key, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(method_label(v) if isinstance(v, str) else _settings_text(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "auto" if value is None else str(value)
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Render ``run_dir/report.html`` from the evaluation's files; returns its path. FileNotFoundError (saying
     what to run) for a folder that has not been evaluated."""
@@ -270,14 +299,15 @@ def write_report(run_dir: str | Path) -> Path:
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>localedit evaluation</title>
 <style>{STYLE}</style></head><body>
 <h1>Local edits: locality and fidelity by method</h1>
-<p class="meta">{html.escape(', '.join(f'{k}: {v}' for k, v in shown.items()))}</p>
+<p class="meta">{html.escape(_settings_text(shown))}</p>
 {lpips_source}{''.join(f'<p class="note">{html.escape(n)}</p>' for n in notes)}
 <p>Every direction is applied at +alpha and -alpha, with alpha chosen per direction so that the edits change the
 image by the same RMS amount (target {settings.get('target_change')}); metrics compare against the unedited
 reconstruction. <b>Locality</b>: share of the squared pixel change inside the direction's region (chance = the
 region's share of the image); <b>source</b>: on the image a direction was found on; <b>transfer</b>: on held-out
-images. Region-free directions (joint, global, random) are scored on every region. Brackets: 95% bootstrap
-intervals over images. Click a column to sort.</p>
+images. Region-free directions (joint, global, random) are scored on every region. A method's row pools the
+edits (images and signs) of all its directions, so its median is not the median of their rows below. Brackets:
+95% bootstrap intervals over images (a single image gives a point). Click a column to sort.</p>
 <h2>Methods</h2>{_method_table(methods)}
 <h2>Plots</h2><div class="plots">{''.join(f'<img src="{p}">' for p in plots if p)}</div>
 <h2>Edit strips</h2><p>Held-out images; columns: the input, then the edit at multiples of the direction's
@@ -305,7 +335,7 @@ def text_table(methods: dict) -> str:
 
     header = ["method", "src locality", "locality", "better sign", "purity", "out PSNR", "out SSIM", "LPIPS",
               "LPIPS out", "alpha", "images"]
-    lines = [[name, with_ci(m, col.LOCALITY, SOURCE, 2), with_ci(m, col.LOCALITY, TRANSFER, 2),
+    lines = [[method_label(name), with_ci(m, col.LOCALITY, SOURCE, 2), with_ci(m, col.LOCALITY, TRANSFER, 2),
               with_ci(m, col.LOCALITY_BEST_SIGN, TRANSFER, 2), num(_stat(m, col.FACTOR_PURITY_BEST_SIGN, TRANSFER), 2),
               num(_stat(m, col.OUTSIDE_PSNR, TRANSFER), 1), num(_stat(m, col.OUTSIDE_SSIM, TRANSFER), 3),
               num(_stat(m, col.LPIPS, TRANSFER), 4), num(_stat(m, col.LPIPS_OUTSIDE, TRANSFER), 4),

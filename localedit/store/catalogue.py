@@ -16,7 +16,8 @@ times, with the factor probe, the share of change on the region's own factors) t
 ``eyes/contrast/r``, ``eyes/jive/r``. The readings are columns: ``edit_locality``, and with the
 factor probe ``label`` (the factor moved most), ``label_share`` and ``edit_purity`` (the share on
 the region's factors; a joint row's: on the global factors); with reference directions,
-``reference`` (the closest supervised reference of the region) and ``reference_cos``. Joint
+``reference`` (the closest supervised reference of the region) and ``reference_cos``. A labelled
+direction points the way its label grows: +alpha raises it. Joint
 (global) rows come in two families too, the paper's JIVE joint consensus (``joint/jive/r``) and
 the joint variation (``localedit.core.variation``, ours: ``joint/variation/r``); the one whose top
 direction moved the generator's global factors most (with the factor probe; else JIVE's) is
@@ -138,6 +139,14 @@ def _selection_score(reading: Reading | None, joint: bool) -> float:
     return reading.locality * (1.0 if math.isnan(purity) else purity)
 
 
+def _signed_by_label(vectors: torch.Tensor, readings: list[Reading | None]) -> torch.Tensor:
+    """``vectors`` (m, d) with each labelled row turned to point the way its label grows, so +alpha raises
+    the label (``eyes/individual/0``, labelled eye_openness, opens the eyes at +alpha). A direction's sign is
+    otherwise arbitrary (an SVD's); unlabelled rows keep theirs."""
+    flip = torch.tensor([-1.0 if reading is not None and reading.sign < 0 else 1.0 for reading in readings])
+    return vectors * flip[:, None].to(vectors.dtype) if len(readings) else vectors
+
+
 def _family_ranks(found: list[Row]) -> list[int]:
     """Each row's rank within its (region, method) family, in the order found."""
     counts: dict[tuple[str, str], int] = {}
@@ -239,6 +248,7 @@ def build(run_dir: str | Path, threshold: float = CatalogueSettings.threshold,
                                                    torch.stack([masks[found[i][0]] for i in read]), probe,
                                                    edit=edit, num_steps=config.num_steps)):
                 readings[i] = reading
+        vectors = _signed_by_label(vectors, readings)
         bar.update()
     ranks = _rank_joint_by_reading(found, ranks, readings)
     in_region = regions_of()
