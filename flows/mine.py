@@ -181,7 +181,7 @@ def _mine(run: dict, threshold: float, min_support: int, edit: EditSettings, gpu
     built = time.perf_counter()
     # A task like the others, so on Dask it runs on a worker (a GPU one with ``gpu``), which holds
     # the model and its warmed-up memory, with every core of that worker: built in the flow's own
-    # process beside a cluster, the same catalogue took 1.1-1.2x as long (benchmarks/RESULTS.md).
+    # process beside a cluster, the same build took 1.06-1.22x as long (benchmarks/RESULTS.md, issue 14 fourth round).
     with model_resources(gpu):
         catalogue = build_catalogue.submit(run_dir, threshold, min_support, edit, progress).result()
     built = time.perf_counter() - built
