@@ -79,23 +79,26 @@ def _model(run: PreparedRun) -> DiffusionModel:
     return _local.model
 
 
-def check_inputs(run_dir: str, settings: EvaluationSettings, samples: str) -> None:
+def check_inputs(run_dir: str, settings: EvaluationSettings,
+                 samples: str) -> tuple[catalogue.Catalogue, torch.Tensor, pd.DataFrame]:
     """Raise (one line) when the run has no catalogue or fewer images than ``settings.n_source``, or ``samples``
-    fewer held-out images than ``settings.n_heldout``; ``localedit evaluate`` calls it before Prefect starts."""
-    images = len(catalogue.open(run_dir).attrs["images"])  # FileNotFoundError: no catalogue, says what to run
+    fewer held-out images than ``settings.n_heldout``; ``localedit evaluate`` calls it before Prefect starts.
+    Returns what it read: the run's catalogue, and the held-out images (n, 3, H, W) in [0, 1] and factor rows."""
+    cat = catalogue.open(run_dir)  # FileNotFoundError: no catalogue, says what to run
+    images = len(cat.attrs["images"])
     if settings.n_source > images:
         raise ValueError(f"--sources {settings.n_source}: the run {run_dir} has {images} images")
-    available = len(load_samples("heldout", samples)[1])
-    if settings.n_heldout > available:
-        raise ValueError(f"--heldout {settings.n_heldout}: {samples} has {available} held-out images")
+    heldout, factors = load_samples("heldout", samples)
+    if settings.n_heldout > len(heldout):
+        raise ValueError(f"--heldout {settings.n_heldout}: {samples} has {len(heldout)} held-out images")
+    return cat, heldout, factors
 
 
 @task(name="prepare-evaluation", **GPU_TASK_OPTIONS)
 def prepare_evaluation(run_dir: str, settings: EvaluationSettings, samples: str) -> PreparedRun:
     """Check the inputs and the model against the catalogue, reconstruct the run's first images and invert the
     held-out ones."""
-    check_inputs(run_dir, settings, samples)
-    cat = catalogue.open(run_dir)
+    cat, images, factors = check_inputs(run_dir, settings, samples)
     attrs = cat.attrs
     model = cached_model(attrs["model_source"], attrs["model_fingerprint"])
     cat.check_model(model)
@@ -105,7 +108,6 @@ def prepare_evaluation(run_dir: str, settings: EvaluationSettings, samples: str)
     source = prepare_images(model, torch.stack([store.image(i) for i in range(n_source)]),
                             [str(attrs["images"][i]) for i in range(n_source)], col.SOURCE_SET, attrs["num_steps"],
                             x_T=torch.stack([store.x_T(i) for i in range(n_source)]))
-    images, factors = load_samples("heldout", samples)
     heldout = settings.n_heldout
     held = prepare_images(model, images[:heldout], factors["file"][:heldout].tolist(), col.TRANSFER_SET, attrs["num_steps"])
     perceptual = load_lpips()

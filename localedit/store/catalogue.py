@@ -144,7 +144,7 @@ def _signed_by_label(vectors: torch.Tensor, readings: list[Reading | None]) -> t
     the label (``eyes/individual/0``, labelled eye_openness, opens the eyes at +alpha). A direction's sign is
     otherwise arbitrary (an SVD's); unlabelled rows keep theirs."""
     flip = torch.tensor([-1.0 if reading is not None and reading.sign < 0 else 1.0 for reading in readings])
-    return vectors * flip[:, None].to(vectors.dtype) if len(readings) else vectors
+    return vectors * flip[:, None].to(vectors.dtype)
 
 
 def _family_ranks(found: list[Row]) -> list[int]:

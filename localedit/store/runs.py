@@ -115,8 +115,10 @@ class RunConfig:
         (resolution, channels, h shape) is said once, as the model."""
         mine, theirs = asdict(self), asdict(other)
         found = []
+        said = {"model_source", "model_fingerprint", "images", "image_sources", "complements", "jive"}
         if self.model_fingerprint != other.model_fingerprint:
             found.append(f"model: fingerprint {self.model_fingerprint} != {other.model_fingerprint}")
+            said |= {"resolution", "channels", "h_shape"}
         if (self.images, self.image_sources) != (other.images, other.image_sources):
             words = [_image_words(self), _image_words(other)]
             if words[0].startswith("samples") and words[1].startswith("samples"):
@@ -127,9 +129,6 @@ class RunConfig:
         for key in mine["jive"]:
             if mine["jive"][key] != theirs["jive"][key]:
                 found.append(f"{JIVE_FLAGS.get(key, 'JIVE ' + key)}: {mine['jive'][key]!r} != {theirs['jive'][key]!r}")
-        said = {"model_source", "model_fingerprint", "images", "image_sources", "complements", "jive"}
-        if self.model_fingerprint != other.model_fingerprint:
-            said |= {"resolution", "channels", "h_shape"}
         return found + [f"{name}: {mine[name]!r} != {theirs[name]!r}" for name in mine
                         if name not in said and mine[name] != theirs[name]]
 
