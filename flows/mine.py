@@ -18,7 +18,9 @@ import inspect
 import os
 import re
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,6 +46,7 @@ OMP_WAIT_POLICY = "OMP_WAIT_POLICY"  # read by OpenMP when torch loads: set in a
 # Jacobian took 1.75x the CPU seconds of the same call in process (benchmarks/RESULTS.md). None
 # unsets it for the workers our LocalClusters start (a cluster at --dask-address needs the same).
 WORKER_PRE_SPAWN_ENVIRON = {f"distributed.nanny.pre-spawn-environ.{MALLOC_TRIM_ENV}": None}
+WORKER_PRELOAD = ("tasks.mine", "tasks.catalogue")  # the modules of the tasks this flow submits
 
 
 @dataclass(frozen=True)
@@ -191,43 +194,73 @@ def _mine(run: dict, threshold: float, min_support: int, edit: EditSettings, gpu
     return result
 
 
-def task_runner(runner: str = "local", dask_address: str | None = None, workers: int | None = None,
-                gpu: bool = False):
-    """The flow's task runner: None keeps the in-process default; "dask" a LocalCluster or ``dask_address``."""
+def check_runner(runner: str = "local", dask_address: str | None = None, workers: int | None = None) -> None:
+    """ValueError, in one line, for a runner this flow cannot use."""
     if runner not in RUNNERS:
         raise ValueError(f"unknown runner {runner!r}; use one of {RUNNERS}")
     if workers is not None and workers < 1:  # a LocalCluster of none restarts its worker forever
         raise ValueError(f"--workers must be at least 1; got {workers}")
-    if runner == "local":
-        if dask_address:
-            raise ValueError("--dask-address needs --runner dask")
-        return None
-    from prefect_dask import DaskTaskRunner
+    if runner == "local" and dask_address:
+        raise ValueError("--dask-address needs --runner dask")
 
-    if dask_address:
-        return DaskTaskRunner(address=dask_address)
+
+def local_cluster_kwargs(workers: int | None = None, gpu: bool = False) -> dict:
+    """``distributed.LocalCluster`` arguments for ``workers`` processes (default 1) sharing this machine's cores.
+
+    The workers split the machine's cores, and each runs one task per core, side by side on one
+    torch thread each, as the in-process runner does: two 1-thread Jacobians do twice the work of
+    one, a 2-thread Jacobian 1.41x (benchmarks/RESULTS.md), and the tasks of one worker share its
+    model. Its OpenMP threads sleep at barriers instead of spinning: on a machine whose cores are
+    also busy with other work, spinning threads that wait for a descheduled one made a 2-thread
+    Jacobian ~4x slower than a 1-thread one. A worker imports the tasks' modules (torch, diffusers,
+    Prefect) as it starts, not at its first task.
+    """
     n = workers or 1
-    # The workers split the machine's cores, and each runs one task per core, side by side on one
-    # torch thread each, as the in-process runner does: two 1-thread Jacobians do twice the work of
-    # one, a 2-thread Jacobian 1.41x (benchmarks/RESULTS.md), and the tasks of one worker share its
-    # model. Its OpenMP threads sleep at barriers instead of spinning: on a machine whose cores are
-    # also busy with other work, spinning threads that wait for a descheduled one made a 2-thread
-    # Jacobian ~4x slower than a 1-thread one.
     share = max(1, cores() // n)
     env = {WORKER_CORES_ENV: str(share), OMP_WAIT_POLICY: os.environ.get(OMP_WAIT_POLICY, "PASSIVE")}
-    dask.config.set(WORKER_PRE_SPAWN_ENVIRON)  # read when the nanny starts, inside the flow run
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
-        "n_workers": n, "threads_per_worker": share, "processes": True, "host": "127.0.0.1",
-        "dashboard_address": None, "env": env, "resources": {"GPU": 1} if gpu else None,
-    })
+    return {"n_workers": n, "threads_per_worker": share, "processes": True, "host": "127.0.0.1",
+            "dashboard_address": None, "env": env, "resources": {"GPU": 1} if gpu else None,
+            "preload": list(WORKER_PRELOAD)}
+
+
+@contextmanager
+def local_cluster(workers: int | None = None, gpu: bool = False) -> Iterator[Future]:
+    """A ``LocalCluster`` starting in a background thread; yields the future of it and closes it on leaving.
+
+    Why in the background: its worker's imports take 10-18 s on this 2-core machine, as long as
+    the Prefect server's start, which the caller overlaps with them (benchmarks/RESULTS.md, issue 14
+    sixth round).
+    """
+    from distributed import LocalCluster
+
+    dask.config.set(WORKER_PRE_SPAWN_ENVIRON)  # read when the nanny starts
+    with ThreadPoolExecutor(1, thread_name_prefix="local-cluster") as pool:
+        starting = pool.submit(LocalCluster, **local_cluster_kwargs(workers, gpu))
+        try:
+            yield starting
+        finally:
+            if starting.exception() is None:  # a cluster that failed to start has nothing to close
+                starting.result().close()
 
 
 def run_mining(runner: str = "local", dask_address: str | None = None, workers: int | None = None,
                **parameters) -> MiningResult:
-    """Run ``mine_directions`` on the chosen task runner (the entry point of ``localedit mine``)."""
-    chosen = task_runner(runner, dask_address, workers, parameters.get("gpu", False))
-    plan_run(**preparation(parameters))  # bad input fails here, in one line, before Prefect starts anything
-    flow_ = mine_directions if chosen is None else mine_directions.with_options(task_runner=chosen)
-    with pipeline_server():
-        return flow_(**parameters)
+    """Run ``mine_directions`` on the chosen task runner (the entry point of ``localedit mine``).
 
+    runner: "local" (tasks in this process) or "dask": on the cluster at ``dask_address``, else on a
+    ``LocalCluster`` of ``workers`` processes (``local_cluster_kwargs``) that lives as long as this call.
+    """
+    check_runner(runner, dask_address, workers)
+    plan_run(**preparation(parameters))  # bad input fails here, in one line, before Prefect starts anything
+    with ExitStack() as stack:
+        cluster = None
+        if runner == "dask" and not dask_address:
+            cluster = stack.enter_context(local_cluster(workers, parameters.get("gpu", False)))
+        stack.enter_context(pipeline_server())
+        flow_ = mine_directions
+        if runner == "dask":
+            from prefect_dask import DaskTaskRunner
+
+            address = dask_address or cluster.result().scheduler_address
+            flow_ = mine_directions.with_options(task_runner=DaskTaskRunner(address=address))
+        return flow_(**parameters)

@@ -1,21 +1,27 @@
 """The worker environment the Dask runner sets up: glibc's adaptive mmap threshold kept, a warning where it is not."""
 
 import os
+import sys
 import warnings
 
+import dask
 import pytest
 from distributed import Client, LocalCluster
 
-from flows.mine import task_runner
+from flows.mine import WORKER_PRE_SPAWN_ENVIRON, WORKER_PRELOAD, local_cluster_kwargs
 from tasks.runtime import MALLOC_TRIM_ENV, warn_if_malloc_trimmed
 
 
-def test_local_cluster_workers_start_without_dasks_malloc_trim_threshold():
+def test_local_cluster_workers_start_without_dasks_malloc_trim_threshold_and_with_the_tasks_imported():
     # Dask's default would give the worker MALLOC_TRIM_THRESHOLD_=65536 (Jacobians 1.75x slower).
-    runner = task_runner("dask", workers=1)
-    with LocalCluster(**runner.cluster_kwargs) as cluster, Client(cluster) as client:
+    dask.config.set(WORKER_PRE_SPAWN_ENVIRON)
+    with LocalCluster(**local_cluster_kwargs(workers=1)) as cluster, Client(cluster) as client:
         seen = client.run(os.environ.get, MALLOC_TRIM_ENV)
+        # Before any task: the worker's start imported them. (A lambda travels by value: a function of
+        # this module would make the worker import it, and with it flows.mine and the tasks.)
+        imported = client.run(lambda: [name for name in WORKER_PRELOAD if name in sys.modules])
     assert list(seen.values()) == [None]
+    assert list(imported.values()) == [list(WORKER_PRELOAD)]
 
 
 def test_a_trimmed_worker_is_told_how_to_fix_it(monkeypatch):
