@@ -125,14 +125,14 @@ def child(spec: dict) -> dict:
     """In the child process: one ``run_mining`` call, timed, with the CPU it and its children used."""
     from flows.mine import run_mining
 
-    cpu, (busy, ticks), start = _cpu_seconds(), _machine_jiffies(), time.perf_counter()
+    cpu, (busy, ticks), start, called = _cpu_seconds(), _machine_jiffies(), time.perf_counter(), time.time()
     summary = run_mining(**spec)
     wall = time.perf_counter() - start
     busy_after, ticks_after = _machine_jiffies()
     rss = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     if dataclasses.is_dataclass(summary):  # a MiningResult; a --baseline revision may return a dict
         summary = dataclasses.asdict(summary)
-    return {"summary": summary, "wall_seconds": wall, "cpu_seconds": _cpu_seconds() - cpu,
+    return {"summary": summary, "wall_seconds": wall, "called_at": called, "cpu_seconds": _cpu_seconds() - cpu,
             "machine_busy": (busy_after - busy) / max(1, ticks_after - ticks), "peak_rss_mb": rss / 1024}
 
 
@@ -174,6 +174,8 @@ def mine(model: str, n: int, runner: str, out: Path, tree: Path = REPO, version:
         "machine_busy": result["machine_busy"],
         "peak_rss_mb": result["peak_rss_mb"],
         "flow_run_seconds": flow_wall,
+        # From the run_mining call to the first task run's start: plan, flow run, and on Dask the cluster's start.
+        "until_first_task_seconds": min(a for a, _ in spans) - result["called_at"],
         "outside_tasks_share": 1 - _union_seconds(spans) / flow_wall,
         # Of the mining task runs: Prefect's own work, store I/O, and (the per-block and lock-holding paths) lock waits.
         "task_run_share_outside_bodies": 1 - summary["task_seconds"] / in_runs,

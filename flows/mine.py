@@ -227,9 +227,9 @@ def local_cluster_kwargs(workers: int | None = None, gpu: bool = False) -> dict:
 def local_cluster(workers: int | None = None, gpu: bool = False) -> Iterator[Future]:
     """A ``LocalCluster`` starting in a background thread; yields the future of it and closes it on leaving.
 
-    Why in the background: its worker's imports take 10-18 s on this 2-core machine, as long as
-    the Prefect server's start, which the caller overlaps with them (benchmarks/RESULTS.md, issue 14
-    sixth round).
+    Why in the background: its worker's imports (torch, diffusers, Prefect) take 10-18 s on this
+    2-core machine, and the Prefect server's start 6-9 s, which ``run_mining`` overlaps with them
+    (benchmarks/RESULTS.md, issue 14 sixth round).
     """
     from distributed import LocalCluster
 
@@ -240,7 +240,7 @@ def local_cluster(workers: int | None = None, gpu: bool = False) -> Iterator[Fut
             yield starting
         finally:
             if starting.exception() is None:  # a cluster that failed to start has nothing to close
-                starting.result().close()
+                starting.result().close()  # the flow's task runner closes only its client
 
 
 def run_mining(runner: str = "local", dask_address: str | None = None, workers: int | None = None,
