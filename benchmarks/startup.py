@@ -7,7 +7,7 @@ with no ``PREFECT_API_URL``, so it imports everything and starts its own loopbac
 Dask its own ``LocalCluster``, whose worker imports torch, diffusers and Prefect again. The runs
 share one ``PREFECT_HOME``, created by an untimed first run (a person's second run finds its
 database there). The work is
-kept small (``--samples`` images, one region), so the wall time is mostly start-up and shut-down.
+kept small (``--samples`` images, two regions), so the wall time is mostly start-up and shut-down.
 ``--baseline REF`` adds the command as it was at git revision REF; runners and versions alternate
 within each round, and the ratios are of the medians over ``--repeat`` rounds.
 
@@ -26,9 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import REPO, export_tree
+from pipeline import REGIONS, REPO, export_tree
 
-REGION = "eyes"
 SAMPLES = 2
 
 
@@ -42,7 +41,7 @@ def timed_mine(tree: Path, runner: str, out: Path, home: Path, samples: int) -> 
     """Wall seconds of one ``localedit mine`` command on ``tree``'s code, in a fresh process with its own server."""
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     env.update({"PYTHONPATH": str(tree), "PREFECT_HOME": str(home)})
-    command = [sys.executable, "-m", "localedit.cli", "mine", "--samples", str(samples), "--regions", REGION,
+    command = [sys.executable, "-m", "localedit.cli", "mine", "--samples", str(samples), "--regions", REGIONS,
                "--out", str(out), *cli_runner_flags(runner)]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                     wall = timed_mine(tree, runner, workdir / name, home, args.samples)
                     rows.append({"version": version, "runner": runner, "round": round_, "wall_seconds": wall})
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    summary = {"samples": args.samples, "region": REGION, "baseline": args.baseline,
+    summary = {"samples": args.samples, "regions": REGIONS, "baseline": args.baseline,
                "machine": {"cpus": len(os.sched_getaffinity(0)), "load_average": os.getloadavg()},
                **summarise(rows), "runs": rows}
     if args.json:
