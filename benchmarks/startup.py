@@ -6,8 +6,8 @@ person waits for before the first task. Here every run is the whole command in a
 with no ``PREFECT_API_URL``, so it imports everything and starts its own loopback server, and on
 Dask its own ``LocalCluster``, whose worker imports torch, diffusers and Prefect again. The runs
 share one ``PREFECT_HOME``, created by an untimed first run (a person's second run finds its
-database there). The work is
-kept small (``--samples`` images, two regions), so the wall time is mostly start-up and shut-down.
+database there). The work is kept small (``--samples`` images, two regions), so the wall time is
+mostly start-up and shut-down.
 ``--baseline REF`` adds the command as it was at git revision REF; runners and versions alternate
 within each round, and the ratios are of the medians over ``--repeat`` rounds.
 
@@ -26,15 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import REGIONS, REPO, export_tree
+from pipeline import REGIONS, REPO, export_tree, runner_arguments
 
 SAMPLES = 2
 
 
 def cli_runner_flags(runner: str) -> list[str]:
-    """``local``, ``dask`` or ``dask:N`` -> ``localedit mine`` flags."""
-    name, _, workers = runner.partition(":")
-    return ["--runner", name, *(["--workers", workers] if workers else [])]
+    """``local``, ``dask`` or ``dask:N`` -> ``localedit mine`` flags (the pipeline benchmark's ``run_mining`` arguments)."""
+    return [text for name, value in runner_arguments(runner).items() for text in (f"--{name}", str(value))]
 
 
 def timed_mine(tree: Path, runner: str, out: Path, home: Path, samples: int) -> float:
@@ -52,16 +51,18 @@ def timed_mine(tree: Path, runner: str, out: Path, home: Path, samples: int) -> 
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Median wall seconds per (version, runner), and their ratios: each runner over new in process, new over old."""
-    groups: dict[str, list[float]] = {}
+    """Median wall seconds per version/runner, and their ratios: each over new in process, new over old per runner."""
+    groups: dict[tuple[str, str], list[float]] = {}
     for r in rows:
-        groups.setdefault(f"{r['version']}/{r['runner']}", []).append(r["wall_seconds"])
+        groups.setdefault((r["version"], r["runner"]), []).append(r["wall_seconds"])
     median = {key: statistics.median(values) for key, values in groups.items()}
-    ratios = {f"{key}_over_new/local": value / median["new/local"] for key, value in median.items()
-              if key != "new/local" and "new/local" in median}
-    ratios.update({f"new_over_old/{key.split('/', 1)[1]}": median[key] / median[f"old/{key.split('/', 1)[1]}"]
-                   for key in median if key.startswith("new/") and f"old/{key.split('/', 1)[1]}" in median})
-    return {"median_wall_seconds": median, "wall_ratios": ratios}
+    base = median.get(("new", "local"))
+    ratios = {f"{version}/{runner}_over_new/local": value / base for (version, runner), value in median.items()
+              if base and (version, runner) != ("new", "local")}
+    ratios.update({f"new_over_old/{runner}": value / median["old", runner] for (version, runner), value in median.items()
+                   if version == "new" and ("old", runner) in median})
+    return {"median_wall_seconds": {f"{version}/{runner}": value for (version, runner), value in median.items()},
+            "wall_ratios": ratios}
 
 
 def main(argv: list[str] | None = None) -> int:

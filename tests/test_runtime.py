@@ -4,18 +4,16 @@ import os
 import sys
 import warnings
 
-import dask
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client
 
-from flows.mine import WORKER_PRE_SPAWN_ENVIRON, WORKER_PRELOAD, local_cluster_kwargs
+from flows.mine import WORKER_PRELOAD, local_cluster
 from tasks.runtime import MALLOC_TRIM_ENV, warn_if_malloc_trimmed
 
 
 def test_local_cluster_workers_start_without_dasks_malloc_trim_threshold_and_with_the_tasks_imported():
     # Dask's default would give the worker MALLOC_TRIM_THRESHOLD_=65536 (Jacobians 1.75x slower).
-    dask.config.set(WORKER_PRE_SPAWN_ENVIRON)
-    with LocalCluster(**local_cluster_kwargs(workers=1)) as cluster, Client(cluster) as client:
+    with local_cluster(workers=1) as starting, Client(starting.result()) as client:
         seen = client.run(os.environ.get, MALLOC_TRIM_ENV)
         # Before any task: the worker's start imported them. (A lambda travels by value: a function of
         # this module would make the worker import it, and with it flows.mine and the tasks.)
