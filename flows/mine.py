@@ -239,8 +239,14 @@ def local_cluster(workers: int | None = None, gpu: bool = False) -> Iterator[Fut
         try:
             yield starting
         finally:
-            if starting.exception() is None:  # a cluster that failed to start has nothing to close
-                starting.result().close()  # the flow's task runner closes only its client
+            close_cluster(starting)
+
+
+def close_cluster(starting: Future) -> None:
+    """Close the cluster of ``local_cluster``'s future once it has started (again: nothing); one that failed to
+    start has nothing to close. The flow's task runner closes only its client."""
+    if starting.exception() is None:
+        starting.result().close()
 
 
 def run_mining(runner: str = "local", dask_address: str | None = None, workers: int | None = None,
@@ -257,6 +263,11 @@ def run_mining(runner: str = "local", dask_address: str | None = None, workers: 
         if runner == "dask" and not dask_address:
             cluster = stack.enter_context(local_cluster(workers, parameters.get("gpu", False)))
         stack.enter_context(pipeline_server())
+        if cluster is not None:
+            # Closed before the server stops: stopping workers send their last task-run logs to it. With the
+            # server gone first, closing took 3.3-3.6 s instead of 1.9 s, and a busy machine's worker was
+            # killed after 4 s (benchmarks/RESULTS.md, issue 14 seventh round).
+            stack.callback(close_cluster, cluster)
         flow_ = mine_directions
         if runner == "dask":
             from prefect_dask import DaskTaskRunner

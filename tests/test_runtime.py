@@ -1,13 +1,17 @@
-"""The worker environment the Dask runner sets up: glibc's adaptive mmap threshold kept, a warning where it is not."""
+"""The worker environment the Dask runner sets up: glibc's adaptive mmap threshold kept, a warning where it is not;
+and the order in which ``run_mining`` starts and stops the cluster and the Prefect server."""
 
 import os
 import sys
 import warnings
+from concurrent.futures import Future
+from contextlib import contextmanager
 
 import pytest
 from distributed import Client
 
-from flows.mine import WORKER_PRELOAD, local_cluster
+import flows.mine
+from flows.mine import WORKER_PRELOAD, local_cluster, run_mining
 from tasks.runtime import MALLOC_TRIM_ENV, warn_if_malloc_trimmed
 
 
@@ -30,3 +34,37 @@ def test_a_trimmed_worker_is_told_how_to_fix_it(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_if_malloc_trimmed()
+
+
+def test_run_mining_starts_the_cluster_before_the_server_and_closes_it_before_the_server_stops(monkeypatch, tmp_path):
+    events = []
+
+    class Cluster:
+        scheduler_address = "tcp://127.0.0.1:1"
+
+        def close(self):
+            events.append("cluster closed")
+
+    @contextmanager
+    def cluster(workers, gpu):
+        events.append("cluster starting")
+        started = Future()
+        started.set_result(Cluster())
+        yield started
+
+    @contextmanager
+    def server():
+        events.append("server started")
+        yield "http://127.0.0.1:2/api"
+        events.append("server stopped")
+
+    def with_options(task_runner):  # the flow on Dask: records the runner it was given, mines nothing
+        events.append(f"flow on {task_runner.address}")
+        return lambda **parameters: "mined"
+
+    monkeypatch.setattr(flows.mine, "local_cluster", cluster)
+    monkeypatch.setattr(flows.mine, "pipeline_server", server)
+    monkeypatch.setattr(flows.mine.mine_directions, "with_options", with_options)
+    assert run_mining(runner="dask", out=str(tmp_path / "run"), samples=2) == "mined"
+    assert events == ["cluster starting", "server started", "flow on tcp://127.0.0.1:1", "cluster closed",
+                      "server stopped"]
