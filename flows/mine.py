@@ -47,6 +47,7 @@ OMP_WAIT_POLICY = "OMP_WAIT_POLICY"  # read by OpenMP when torch loads: set in a
 # unsets it for the workers our LocalClusters start (a cluster at --dask-address needs the same).
 WORKER_PRE_SPAWN_ENVIRON = {f"distributed.nanny.pre-spawn-environ.{MALLOC_TRIM_ENV}": None}
 WORKER_PRELOAD = ("tasks.mine", "tasks.catalogue")  # the modules of the tasks this flow submits
+MULTIPROCESSING_METHOD = "distributed.worker.multiprocessing-method"
 
 
 @dataclass(frozen=True)
@@ -227,13 +228,17 @@ def local_cluster_kwargs(workers: int | None = None, gpu: bool = False) -> dict:
 def local_cluster(workers: int | None = None, gpu: bool = False) -> Iterator[Future]:
     """A ``LocalCluster`` starting in a background thread; yields the future of it and closes it on leaving.
 
-    Why in the background: its worker's imports (torch, diffusers, Prefect) take 10-18 s on this
-    2-core machine, and the Prefect server's start 6-9 s, which ``run_mining`` overlaps with them
-    (benchmarks/RESULTS.md, issue 14 sixth round).
+    Its workers are forked from this process, which has imported torch, diffusers and Prefect
+    already: a worker started in 0.2 s, against 12.8 s for a spawned one that imports them again
+    (benchmarks/RESULTS.md, issue 14 seventh round). Not once this process has initialised CUDA,
+    which a forked child cannot use: then they are spawned (Dask's default), in the background
+    while the Prefect server starts.
     """
+    import torch
     from distributed import LocalCluster
 
     dask.config.set(WORKER_PRE_SPAWN_ENVIRON)  # read when the nanny starts
+    dask.config.set({MULTIPROCESSING_METHOD: "spawn" if torch.cuda.is_initialized() else "fork"})
     with ThreadPoolExecutor(1, thread_name_prefix="local-cluster") as pool:
         starting = pool.submit(LocalCluster, **local_cluster_kwargs(workers, gpu))
         try:

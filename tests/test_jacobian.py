@@ -102,3 +102,14 @@ def test_the_linearisation_records_adjoint_convolutions_with_the_same_products(t
     U = torch.randn(1, 3, *op.out_shape, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(op.vjp(U)[0].T, torch.stack([pullback(u)[0].reshape(-1) for u in U[0]]),
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision, bound_deg", [(torch.float16, 2.0), (torch.bfloat16, 5.0)])
+def test_reduced_precision_products_stay_near_the_fp32_subspace(tiny_model, state, masks, precision, bound_deg):
+    exact = subspaces(tiny_model, state, masks, k=4, tol=1e-5, max_iter=200)
+    reduced = subspaces(tiny_model, state, masks, k=4, tol=1e-5, max_iter=200, precision=precision)
+    for a, b in zip(exact, reduced):
+        assert b.basis.dtype == torch.float32
+        angle = _max_angle_deg(a.basis[:, :1], b.basis[:, :1])
+        # Near, but not equal: the products really ran in the reduced precision.
+        assert 1e-4 < angle < bound_deg

@@ -8,6 +8,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 
 import pytest
+import torch
 from distributed import Client
 
 import flows.mine
@@ -15,15 +16,33 @@ from flows.mine import WORKER_PRELOAD, local_cluster, run_mining
 from tasks.runtime import MALLOC_TRIM_ENV, warn_if_malloc_trimmed
 
 
-def test_local_cluster_workers_start_without_dasks_malloc_trim_threshold_and_with_the_tasks_imported():
+def _worker_state(client: Client) -> tuple[list, list, list]:
+    """(MALLOC_TRIM_THRESHOLD_, the preloaded task modules, whether this test module is loaded) per worker.
+
+    Lambdas travel by value: a function of this module would make a spawned worker import it, and with
+    it flows.mine and the tasks."""
+    trim = client.run(os.environ.get, MALLOC_TRIM_ENV)
+    imported = client.run(lambda: [name for name in WORKER_PRELOAD if name in sys.modules])
+    this_module = client.run(lambda: "tests.test_runtime" in sys.modules)
+    return list(trim.values()), list(imported.values()), list(this_module.values())
+
+
+def test_local_cluster_workers_are_forked_without_dasks_malloc_trim_threshold():
     # Dask's default would give the worker MALLOC_TRIM_THRESHOLD_=65536 (Jacobians 1.75x slower).
     with local_cluster(workers=1) as starting, Client(starting.result()) as client:
-        seen = client.run(os.environ.get, MALLOC_TRIM_ENV)
-        # Before any task: the worker's start imported them. (A lambda travels by value: a function of
-        # this module would make the worker import it, and with it flows.mine and the tasks.)
-        imported = client.run(lambda: [name for name in WORKER_PRELOAD if name in sys.modules])
-    assert list(seen.values()) == [None]
-    assert list(imported.values()) == [list(WORKER_PRELOAD)]
+        trim, imported, this_module = _worker_state(client)
+    assert trim == [None]
+    assert imported == [list(WORKER_PRELOAD)]
+    assert this_module == [True]  # forked from this process: it has everything this process imported
+
+
+def test_after_cuda_started_workers_are_spawned_and_import_the_tasks_as_they_start(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # a forked child could not use CUDA
+    with local_cluster(workers=1) as starting, Client(starting.result()) as client:
+        trim, imported, this_module = _worker_state(client)
+    assert trim == [None]
+    assert imported == [list(WORKER_PRELOAD)]  # before any task: the worker's preload imported them
+    assert this_module == [False]  # a fresh interpreter
 
 
 def test_a_trimmed_worker_is_told_how_to_fix_it(monkeypatch):

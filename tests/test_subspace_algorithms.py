@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 
+from benchmarks.precision import measure as measure_precision
 from benchmarks.subspace import chunked_jacfwd, exact_reference, make_problem, max_angle_deg, measure, ours, sequential
 from localedit.core.subspace import project_out
 
@@ -55,3 +56,12 @@ def test_measure_sees_a_runs_own_memory():
     assert first.value == again.value == 2**26 and first.seconds >= 0
     for run in (first, again):  # the second run's peak is not hidden by memory the first one freed
         assert 250 * 2**20 < run.rss_growth < 300 * 2**20
+
+
+def test_precision_benchmark_measures_the_reduced_precisions_against_fp32():
+    torch.set_num_threads(1)
+    run = measure_precision("tiny", k=2, seed=0)
+    assert set(run) == {"fp32", "fp16", "bf16"} and set(run["fp32"]["max_angle_deg"]) == {"1", "2"}
+    assert max(run["fp32"]["max_angle_deg"].values()) < 0.01  # the default engine against its converged self
+    for reduced in ("fp16", "bf16"):
+        assert 0.01 < max(run[reduced]["max_angle_deg"].values()) < 5

@@ -101,8 +101,8 @@ class _AdjointConv2d(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        (weight,) = ctx.saved_tensors
-        return F.conv_transpose2d(grad, weight, padding=ctx.padding), None, None, None
+        (weight,) = ctx.saved_tensors  # under autocast the gradient is in the reduced precision, the weight not
+        return F.conv_transpose2d(grad, weight.to(grad.dtype), padding=ctx.padding), None, None, None
 
 
 class _AdjointConvolutions(TorchFunctionMode):
@@ -132,23 +132,34 @@ class MaskedJacobian:
     the images' Jacobians J_i, a tangent v is the same h-direction for every image (J v = (J_i v)_i,
     one product for all images) and a VJP sums over them (J^T u = sum_i J_i^T u_i), so J^T J =
     sum_i J_i^T J_i. ``push`` and ``pull`` are the unmasked products; ``jvp`` and ``vjp`` mask them.
+
+    ``precision`` (torch.float16 or torch.bfloat16; None: the model's own, fp32) runs the linearisation
+    and the products under ``torch.autocast`` (for GPU workers: tensor cores); products come back in
+    h's dtype. What it costs in angle, measured on CPU (``benchmarks/precision.py``, bundled model,
+    k = 8): fp16, a bound for TF32, <= 0.4 degrees to the fp32 subspace; bf16 <= 0.9 degrees and 1-2
+    more iterations (benchmarks/RESULTS.md, issue 14 seventh round).
     """
 
-    def __init__(self, model: DiffusionModel, state: HState, masks: torch.Tensor):
+    def __init__(self, model: DiffusionModel, state: HState, masks: torch.Tensor, precision: torch.dtype | None = None):
         self.unet = model.unet
         self.state = state
+        self._precision = precision
         self.gain = noise_prediction_gain(model, state)
         self.masks = masks.to(state.h).reshape(masks.shape[0], 1, 1, *masks.shape[-2:])
         self.h = state.h
-        with _AdjointConvolutions():  # the linearisation records convolutions whose J v costs one convolution
+        with self._autocast(), _AdjointConvolutions():  # convolutions whose J v costs one convolution
             noise_prediction, self._vjp = vjp(self._f, self.h)
         # J v as the VJP of the (linear) map u -> J^T u: reverse mode twice, no forward-mode AD. Forward
         # levels are process-global (``localedit.core.forward_ad``), so JVPs let one thread of a process in at a
         # time; this way Jacobians of several images run in threads of one process at once, as fast as a
         # JVP (bundled model, 40 tangents: 0.55-0.8 s against 0.6-0.9 s on one thread; same to 4e-8).
-        _, self._jvp = vjp(lambda u: self._vjp(u)[0], torch.zeros_like(noise_prediction))
+        with self._autocast():
+            _, self._jvp = vjp(lambda u: self._vjp(u)[0], torch.zeros_like(noise_prediction))
         self.out_shape = noise_prediction.shape  # (n, C, H, W)
         self.dim = self.h[0].numel()
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.h.device.type, dtype=self._precision, enabled=self._precision is not None)
 
     def _f(self, h: torch.Tensor) -> torch.Tensor:
         """h -> the noise prediction eps (n, C, H, W): the U-Net's model_output times the parameterisation's gain."""
@@ -167,14 +178,16 @@ class MaskedJacobian:
     def push(self, V: torch.Tensor) -> torch.Tensor:
         """(R', d, k) -> unmasked J V as (R', k, *out): every column through every image, one batched product."""
         R, d, k = V.shape
-        out = vmap(self._jvp_one)(V.transpose(1, 2).reshape(R * k, d))
-        return out.view(R, k, *self.out_shape)
+        with self._autocast():
+            out = vmap(self._jvp_one)(V.transpose(1, 2).reshape(R * k, d))
+        return out.view(R, k, *self.out_shape).to(self.h.dtype)
 
     def pull(self, U: torch.Tensor) -> torch.Tensor:
         """(R', k, *out) -> unmasked J^T U as (R', d, k), summed over the images."""
         R, k = U.shape[:2]
-        out = vmap(self._vjp_one)(U.reshape(R * k, *self.out_shape))
-        return out.view(R, k, -1).transpose(1, 2)
+        with self._autocast():
+            out = vmap(self._vjp_one)(U.reshape(R * k, *self.out_shape))
+        return out.view(R, k, -1).transpose(1, 2).to(self.h.dtype)
 
     def jvp(self, V: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
         """(R', d, k) -> masked outputs (R', k, *out): slice a sees the mask of region ``regions[a]``."""
@@ -288,6 +301,7 @@ def subspaces(
     oversample: int = 2,
     seed: int = 0,
     progress: bool = False,
+    precision: torch.dtype | None = None,
 ) -> list[Subspace]:
     """Top-k subspace of each masked Jacobian (masks: (R, H, W) in {0, 1}), sharing one linearisation.
 
@@ -298,13 +312,14 @@ def subspaces(
     Every region starts from the same random panel, so a region's result does not depend on
     which other regions share the call: a pipeline that computes an image's regions together,
     or only the ones a resumed run still lacks, gets each region's subspace as if alone.
+    ``precision``: the products' autocast dtype (``MaskedJacobian``; None: fp32).
     """
     if masks.ndim != 3:
         raise ValueError(f"masks must be (regions, H, W), got {tuple(masks.shape)}")
     if state.h.shape[0] != 1:
         raise ValueError("subspaces are computed one image at a time (state batch must be 1)")
     start = time.perf_counter()
-    op = MaskedJacobian(model, state, masks)
+    op = MaskedJacobian(model, state, masks, precision)  # Rayleigh-Ritz stays in h's dtype
     found = top_eigenpairs(lambda V, active: op.vjp(op.jvp(V, active), active), masks.shape[0], op.dim, k,
                            like=state.h, max_iter=max_iter, tol=tol, oversample=oversample, seed=seed, psd=True,
                            progress=progress, desc="subspace")
