@@ -213,7 +213,8 @@ def local_cluster_kwargs(workers: int | None = None, gpu: bool = False) -> dict:
     one, a 2-thread Jacobian 1.41x (benchmarks/RESULTS.md), and the tasks of one worker share its
     model. Its OpenMP threads sleep at barriers instead of spinning: on a machine whose cores are
     also busy with other work, spinning threads that wait for a descheduled one made a 2-thread
-    Jacobian ~4x slower than a 1-thread one. A worker imports the tasks' modules (torch, diffusers,
+    Jacobian ~4x slower than a 1-thread one (a forked worker keeps this process's policy, which
+    importing ``localedit`` set). A spawned worker imports the tasks' modules (torch, diffusers,
     Prefect) as it starts, not at its first task.
     """
     n = workers or 1
