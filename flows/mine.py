@@ -48,6 +48,10 @@ OMP_WAIT_POLICY = "OMP_WAIT_POLICY"  # read by OpenMP when torch loads: set in a
 WORKER_PRE_SPAWN_ENVIRON = {f"distributed.nanny.pre-spawn-environ.{MALLOC_TRIM_ENV}": None}
 WORKER_PRELOAD = ("tasks.mine", "tasks.catalogue")  # the modules of the tasks this flow submits
 MULTIPROCESSING_METHOD = "distributed.worker.multiprocessing-method"
+# Dask's statistical profiler samples every worker thread's stack every 10 ms, holding the GIL that the
+# tasks' autograd code needs: off, six subspace tasks on a worker took 7% less CPU and 8-14% less wall
+# time (benchmarks/RESULTS.md, issue 14 seventh round). Our LocalCluster has no dashboard to show it.
+WORKER_PROFILER = {"distributed.worker.profile.enabled": False}
 
 
 @dataclass(frozen=True)
@@ -238,7 +242,7 @@ def local_cluster(workers: int | None = None, gpu: bool = False) -> Iterator[Fut
     import torch
     from distributed import LocalCluster
 
-    dask.config.set(WORKER_PRE_SPAWN_ENVIRON)  # read when the nanny starts
+    dask.config.set({**WORKER_PRE_SPAWN_ENVIRON, **WORKER_PROFILER})  # read when the nanny starts
     dask.config.set({MULTIPROCESSING_METHOD: "spawn" if torch.cuda.is_initialized() else "fork"})
     with ThreadPoolExecutor(1, thread_name_prefix="local-cluster") as pool:
         starting = pool.submit(LocalCluster, **local_cluster_kwargs(workers, gpu))

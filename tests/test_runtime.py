@@ -7,6 +7,7 @@ import warnings
 from concurrent.futures import Future
 from contextlib import contextmanager
 
+import dask
 import pytest
 import torch
 from distributed import Client
@@ -17,13 +18,15 @@ from tasks.runtime import MALLOC_TRIM_ENV, warn_if_malloc_trimmed
 
 
 def _worker_state(client: Client) -> tuple[list, list, list]:
-    """(MALLOC_TRIM_THRESHOLD_, the preloaded task modules, whether this test module is loaded) per worker.
+    """(MALLOC_TRIM_THRESHOLD_, the preloaded task modules, whether this test module is loaded) per worker, whose
+    Dask profiler must be off (it samples every thread's stack with the GIL held).
 
     Lambdas travel by value: a function of this module would make a spawned worker import it, and with
     it flows.mine and the tasks."""
     trim = client.run(os.environ.get, MALLOC_TRIM_ENV)
     imported = client.run(lambda: [name for name in WORKER_PRELOAD if name in sys.modules])
     this_module = client.run(lambda: "tests.test_runtime" in sys.modules)
+    assert list(client.run(lambda: dask.config.get("distributed.worker.profile.enabled")).values()) == [False]
     return list(trim.values()), list(imported.values()), list(this_module.values())
 
 
