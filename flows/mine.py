@@ -242,8 +242,8 @@ def local_cluster(workers: int | None = None, gpu: bool = False) -> Iterator[Fut
     import torch
     from distributed import LocalCluster
 
-    dask.config.set({**WORKER_PRE_SPAWN_ENVIRON, **WORKER_PROFILER})  # read when the nanny starts
-    dask.config.set({MULTIPROCESSING_METHOD: "spawn" if torch.cuda.is_initialized() else "fork"})
+    dask.config.set({**WORKER_PRE_SPAWN_ENVIRON, **WORKER_PROFILER,  # read when the nanny starts
+                     MULTIPROCESSING_METHOD: "spawn" if torch.cuda.is_initialized() else "fork"})
     with ThreadPoolExecutor(1, thread_name_prefix="local-cluster") as pool:
         starting = pool.submit(LocalCluster, **local_cluster_kwargs(workers, gpu))
         try:
