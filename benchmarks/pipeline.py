@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run the pipeline as it was at this git revision (in process)")
     parser.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="rounds of every run, the runners alternating; ratios from the medians (default 1)")
+                        help="rounds of every run, the order reversed every other round; ratios from the medians (default 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # one run, in a child process
     args = parser.parse_args(argv)
@@ -285,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                 if baseline:
                     plan.insert(1, ("old", "local", baseline))  # beside the new in-process run it is compared with
                 for round_ in range(args.repeat):
-                    for version, runner, tree in plan:
+                    # Odd rounds run the plan backwards, so no runner always goes first on a machine whose speed drifts.
+                    for version, runner, tree in plan if round_ % 2 == 0 else plan[::-1]:
                         out = workdir / f"{version}-{runner}-{n}-{round_}"
                         rows.append({**mine(model, n, runner, out, tree, version), "round": round_})
                         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
