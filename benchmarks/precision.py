@@ -22,9 +22,7 @@ import time
 import torch
 
 from benchmarks.subspace import long_run_reference, make_problem, max_angle_deg
-from localedit.core.jacobian import subspaces
-
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+from localedit.core.jacobian import AUTOCAST_DTYPES, subspaces
 
 
 def measure(model: str, k: int, seed: int) -> dict:
@@ -32,7 +30,7 @@ def measure(model: str, k: int, seed: int) -> dict:
     p = make_problem(model, k=k, seed=seed)
     reference, reference_values = long_run_reference(p)
     out = {}
-    for name, precision in PRECISIONS.items():
+    for name, precision in AUTOCAST_DTYPES.items():
         start = time.perf_counter()
         (found,) = subspaces(p.model, p.state, p.mask[None], k=k, precision=precision)
         seconds = time.perf_counter() - start
@@ -54,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = {seed: measure(args.model, args.k, seed) for seed in seeds}
-    worst = {name: max(max(r[name]["max_angle_deg"].values()) for r in runs.values()) for name in PRECISIONS}
+    worst = {name: max(max(r[name]["max_angle_deg"].values()) for r in runs.values()) for name in AUTOCAST_DTYPES}
     report = {"model": args.model, "k": args.k, "worst_angle_deg": worst, "runs": runs,
               "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "load_average": os.getloadavg()}}
     if args.json:

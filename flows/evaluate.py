@@ -30,7 +30,7 @@ from tasks.evaluate import (
     reference_task,
     score_task,
 )
-from tasks.runtime import local_slots, wait_all
+from tasks.runtime import gpu_tag_where_limited, local_slots, wait_all
 
 DEFAULTS = EvaluationSettings()  # the flow's parameter defaults
 
@@ -61,18 +61,19 @@ def evaluate_directions(run_dir: str, heldout: int = DEFAULTS.n_heldout, sources
     directions = catalogue_directions(run_dir, max_rank)
     references = reference_task(run)
     directions += references
+    baseline, match, score = gpu_tag_where_limited(baseline_directions, match_task, score_task)
     if baselines:
-        found = [baseline_directions.submit(run, i) for i in range(len(run.source.keys))]
+        found = [baseline.submit(run, i) for i in range(len(run.source.keys))]
         wait_all(found, "baselines", progress)
         directions += [d for future in found for d in future.result()]
     plan = plan_evaluation(directions, run.source.keys, len(run.heldout.keys), settings, run_dir,
                            expected_methods(directions, baselines, run.complements))
     matches, scored = [], []
     for a in plan.assignments:
-        match = match_task.submit(run, a)
-        matches.append(match)
+        matched = match.submit(run, a)
+        matches.append(matched)
         if a.score_on:
-            scored.append(score_task.submit(run, a, match))
+            scored.append(score.submit(run, a, matched))
     wait_all([*matches, *scored], "evaluation", progress)
     frames = [m.result().rows for m in matches] + [f.result() for f in scored]
     record = {**run.record, "baselines": baselines, "max_rank": max_rank,

@@ -36,7 +36,7 @@ from localedit.store.runs import RunStore, run_lock
 from tasks.catalogue import build_catalogue
 from tasks.mine import NOTHING, StageCount, invert_images, latent_chunks, subspaces_and_split
 from tasks.prepare import plan_run, prepare_run
-from tasks.runtime import MALLOC_TRIM_ENV, WORKER_CORES_ENV, cores, local_slots, wait_all
+from tasks.runtime import MALLOC_TRIM_ENV, WORKER_CORES_ENV, cores, gpu_tag_where_limited, local_slots, wait_all
 
 RUNNERS = ("local", "dask")
 MINING = MiningSettings()  # the flow's parameter defaults
@@ -88,6 +88,7 @@ def mine_directions(
     individual_rank: int | None = MINING.jive["individual_ranks"],
     max_angle_deg: float = MINING.jive["max_angle_deg"],
     complements: bool = MINING.complements,
+    precision: str = MINING.precision,
     threshold: float = CatalogueSettings.threshold,
     min_support: int = CatalogueSettings.min_support,
     edit_schedule: str = EditSettings.schedule,
@@ -112,6 +113,8 @@ def mine_directions(
         joint_rank, individual_rank, max_angle_deg: JIVE settings (ranks None = chosen from the angles).
         complements: our extension: each region's complement is one more subspace, and individual
             directions leave out what a region shares with it (more local edits); False: the paper's JIVE.
+        precision: of the Jacobian products, "fp32", "bf16" or "fp16" (reduced: for GPU workers' tensor cores;
+            bf16 cost <= 0.9 degrees of subspace angle on the bundled model, benchmarks/RESULTS.md).
         threshold, min_support: a catalogue direction must lie within squared cosine ``threshold``
             of the subspaces of at least ``min_support`` images.
         edit_schedule, t_edit: how the catalogue's directions are applied (stored with it): on every
@@ -131,7 +134,8 @@ def mine_directions(
 def mining_parameters(settings: MiningSettings) -> dict:
     """The flow's parameters that say what ``settings`` say (``localedit run`` mines ``BUNDLED_RUN`` this way)."""
     return {"regions": settings.regions, "t": settings.t, "k": settings.k, "num_steps": settings.num_steps,
-            "seed": settings.seed, "complements": settings.complements, "joint_rank": settings.jive["joint_rank"],
+            "seed": settings.seed, "complements": settings.complements, "precision": settings.precision,
+            "joint_rank": settings.jive["joint_rank"],
             "individual_rank": settings.jive["individual_ranks"], "max_angle_deg": settings.jive["max_angle_deg"]}
 
 
@@ -146,7 +150,7 @@ def preparation(parameters: dict) -> dict:
     CatalogueSettings(p["threshold"], p["min_support"])
     return {"out": expand_out(p["out"]), "model": p["model"], "images": p["images"],
             "samples": p["samples"], "seed": p["seed"], "regions": p["regions"], "t": p["t"], "k": p["k"],
-            "num_steps": p["num_steps"], "complements": p["complements"],
+            "num_steps": p["num_steps"], "complements": p["complements"], "precision": p["precision"],
             "t_edit": p["t_edit"] if p["edit_schedule"] == "from_t_edit" else None,
             "jive": jive_params(joint_rank=p["joint_rank"], individual_ranks=p["individual_rank"],
                                 max_angle_deg=p["max_angle_deg"])}
@@ -173,12 +177,13 @@ def _mine(run: dict, threshold: float, min_support: int, edit: EditSettings, gpu
           start: float) -> MiningResult:
     """The flow's task graph over a prepared run (its lock held)."""
     run_dir, n = run["run_dir"], run["images"]
+    invert, per_image = gpu_tag_where_limited(invert_images, subspaces_and_split)
     # Submitted stage by stage: a task waiting for its upstream holds a worker thread, so
     # interleaving the stages per image would fill every slot with waiting tasks.
     with model_resources(gpu):
-        chunks = {chunk: invert_images.submit(run_dir, *chunk) for chunk in latent_chunks(n)}
+        chunks = {chunk: invert.submit(run_dir, *chunk) for chunk in latent_chunks(n)}
         latents = {i: future for (start, stop), future in chunks.items() for i in range(start, stop)}
-        images = {i: subspaces_and_split.submit(run_dir, i, wait_for=[latents[i]]) for i in range(n)}
+        images = {i: per_image.submit(run_dir, i, wait_for=[latents[i]]) for i in range(n)}
     wait_all([*chunks.values(), *images.values()], "mining", progress)
     counts = dict.fromkeys(("latent", "subspace", "split"), NOTHING)
     for future in chunks.values():  # .result() raises the first failure

@@ -16,6 +16,7 @@ import torch
 from prefect import task
 
 from localedit.core.ddim import denoise, invert
+from localedit.core.jacobian import autocast_dtype
 from localedit.core.mining import Latent, latent_at, region_subspaces, split_subspaces
 from localedit.store.runs import RunStore
 from localedit.utils.pixels import to_signed, to_unit
@@ -116,7 +117,7 @@ def _subspaces(store: RunStore, index: int) -> StageCount:
     latent = Latent(store.x_T(index)[None], store.x_t(index)[None].to(model.device), config.t)
     regions = [store.block_region(block) for block in blocks]
     start = time.perf_counter()
-    found = region_subspaces(model, latent, regions, config.k)
+    found = region_subspaces(model, latent, regions, config.k, precision=autocast_dtype(config.precision))
     seconds = time.perf_counter() - start
     store.write_subspaces(index, dict(zip(blocks, found)), seconds)
     return StageCount(len(blocks), len(config.blocks) - len(blocks), seconds)

@@ -16,9 +16,11 @@ from prefect import task
 from localedit.bundled.samples import SAMPLES_DIR, load_image, load_samples
 from localedit.core.ddim import grid_timestep
 from localedit.core.hspace import h_shape
+from localedit.core.jacobian import autocast_dtype
 from localedit.core.jive import JIVE
 from localedit.core.mining import complements_of
 from localedit.core.regions import resolve_regions
+from localedit.core.settings import MiningSettings
 from localedit.store.runs import STORE_NAME, RunConfig, RunStore
 from localedit.utils.badinput import check_output_dir
 from tasks.runtime import TASK_OPTIONS, cached_model
@@ -61,7 +63,8 @@ def _check_jive(jive: dict, k: int, n_regions: int) -> None:
 
 
 def plan_run(out: str, model: str, images: str | None, samples: int | None, seed: int, regions: str,
-             t: int, k: int, num_steps: int, jive: dict, complements: bool = True, t_edit: int | None = None) -> dict:
+             t: int, k: int, num_steps: int, jive: dict, complements: bool = True, t_edit: int | None = None,
+             precision: str = MiningSettings.precision) -> dict:
     """Every check that can be made before a run; writes nothing. Returns the store's inputs
     (``config``, ``masks``, ``pixels``, ``x_T``); raises one of ``BAD_INPUT`` on bad input.
 
@@ -86,6 +89,7 @@ def plan_run(out: str, model: str, images: str | None, samples: int | None, seed
         raise ValueError(f"--t-edit {t_edit} edits no step: the model's timesteps are 0 to "
                          f"{loaded.scheduler.config.num_train_timesteps - 1}")
     _check_jive(jive, k, len(region_list))
+    autocast_dtype(precision)  # an unknown precision name fails here
     if complements:
         complements_of(region_list, size)  # a region covering the whole image has no complement
     pixels = x_T = None
@@ -102,7 +106,7 @@ def plan_run(out: str, model: str, images: str | None, samples: int | None, seed
         model_source=model, model_fingerprint=loaded.fingerprint, resolution=size, channels=channels,
         h_shape=tuple(shape), regions=tuple(r.name for r in region_list), images=tuple(ids),
         image_sources=tuple(sources), t=grid_timestep(loaded, t, num_steps), k=k, num_steps=num_steps,
-        seed=seed, jive=jive, complements=complements,
+        seed=seed, jive=jive, complements=complements, precision=precision,
     )
     if (Path(out) / STORE_NAME).exists():
         RunStore(out).check_resumable(config)
@@ -111,10 +115,11 @@ def plan_run(out: str, model: str, images: str | None, samples: int | None, seed
 
 @task(name="prepare-run", **TASK_OPTIONS)
 def prepare_run(out: str, model: str, images: str | None, samples: int | None, seed: int, regions: str,
-                t: int, k: int, num_steps: int, jive: dict, complements: bool = True, t_edit: int | None = None) -> dict:
+                t: int, k: int, num_steps: int, jive: dict, complements: bool = True, t_edit: int | None = None,
+                precision: str = MiningSettings.precision) -> dict:
     """Check everything (``plan_run``), then open the run store; returns its directory, image count, region
     and block names."""
-    plan = plan_run(out, model, images, samples, seed, regions, t, k, num_steps, jive, complements, t_edit)
+    plan = plan_run(out, model, images, samples, seed, regions, t, k, num_steps, jive, complements, t_edit, precision)
     config = plan["config"]
     store = RunStore.open_or_create(out, config, plan["masks"], plan["pixels"], plan["x_T"])
     return {"run_dir": str(store.run_dir), "images": len(config.images), "regions": list(config.regions),

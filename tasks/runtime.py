@@ -10,7 +10,10 @@ from contextlib import contextmanager
 
 import distributed
 import torch
+from prefect import Task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
@@ -97,7 +100,25 @@ def wait_all(futures, desc: str, progress: bool = True) -> None:
 
 # Completion is tracked by the run store's marks, so Prefect's input-hash cache stays off.
 TASK_OPTIONS = dict(retries=2, retry_delay_seconds=2, retry_condition_fn=transient, cache_policy=NO_CACHE)
-GPU_TASK_OPTIONS = dict(TASK_OPTIONS, tags=["gpu"])
+GPU_TAG = "gpu"  # a Prefect concurrency limit on this tag caps model-heavy task runs (deployment.yaml)
+GPU_TASK_OPTIONS = dict(TASK_OPTIONS, tags=[GPU_TAG])
+
+
+def gpu_tag_where_limited(*tasks: Task) -> tuple[Task, ...]:
+    """``tasks`` as they are if the Prefect server has a concurrency limit on the ``gpu`` tag, else without the tag.
+
+    Why: before it starts, every tagged task run asks the server for a slot of its tags' limits, and
+    Prefect remembers that a tag has none for only 5 s. One process's requests queue behind each other,
+    and on a busy machine the SQLite-backed server took ~2 s to answer, so every 5 s all of a process's
+    task runs waited ~2 s to start: 7-13% of in-process mining wall time on 64 images (benchmarks/RESULTS.md,
+    issue 14 eighth round). Asked once per flow run instead; a limit created during a run applies from the next.
+    """
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_concurrency_limit_by_tag(GPU_TAG)
+        except ObjectNotFound:
+            return tuple(t.with_options(tags=set(t.tags) - {GPU_TAG}) for t in tasks)
+    return tasks
 
 _lock = threading.Lock()
 _cached: dict[str, DiffusionModel] = {}

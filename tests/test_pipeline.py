@@ -23,6 +23,7 @@ import pytest
 import torch
 import xarray as xr
 from PIL import Image
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
@@ -31,6 +32,7 @@ from flows.mine import mine_directions, run_mining
 from localedit.cli import main
 from localedit.core.mining import latent_at
 from localedit.core.models import from_unet, load_model, save_model
+from localedit.core.subspace import principal_angles
 from localedit.store import catalogue
 from localedit.store.runs import STORE_NAME, RunStore
 from tests.conftest import tiny_unet
@@ -151,8 +153,10 @@ def test_resume_computes_only_the_blocks_not_yet_marked(mined, models, server, t
     summary = mine_directions(out=str(run_dir), model=models["tiny"], progress=False, **SETTINGS)
     assert (summary.tasks["subspace"].computed, summary.tasks["subspace"].skipped) == (5, 19)
     resumed, reference = _bases(run_dir), _bases(mined[0])
+    # Equal up to rounding: a block computed alone goes through other matmul shapes than beside three more (on
+    # one machine 1.7e-6 in a vector whose entries are ~1e-2); each vector's sign is fixed, so none flips.
     for name in reference:
-        np.testing.assert_allclose(resumed[name], reference[name], atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(resumed[name], reference[name], atol=1e-5, err_msg=name)
 
 
 def test_kill_9_mid_run_resumes_to_identical_bases(mined, models, server, tmp_path):
@@ -211,6 +215,25 @@ def _prefect(*args: str) -> str:
     return result.stdout
 
 
+def test_model_heavy_tasks_carry_the_gpu_tag_only_where_the_server_limits_it(server):
+    """An untagged task run asks the server nothing before it starts; a limit on the tag still applies."""
+    from prefect.client.orchestration import get_client
+
+    from tasks.mine import invert_images, subspaces_and_split
+    from tasks.runtime import GPU_TAG, gpu_tag_where_limited
+
+    assert {GPU_TAG} <= invert_images.tags and {GPU_TAG} <= subspaces_and_split.tags
+    untagged = gpu_tag_where_limited(invert_images, subspaces_and_split)
+    assert [t.tags for t in untagged] == [set(), set()] and [t.fn for t in untagged] == [invert_images.fn,
+                                                                                        subspaces_and_split.fn]
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(GPU_TAG, 1)
+        try:
+            assert gpu_tag_where_limited(invert_images, subspaces_and_split) == (invert_images, subspaces_and_split)
+        finally:
+            client.delete_concurrency_limit_by_tag(GPU_TAG)
+
+
 def test_deployment_runs_on_a_process_worker(models, server, tmp_path):
     from prefect.client.orchestration import get_client
 
@@ -227,7 +250,11 @@ def test_deployment_runs_on_a_process_worker(models, server, tmp_path):
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(flow_run_id)
         weekly = client.read_deployment_by_name("mine-directions/mine-weekly")
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     assert flow_run.state.is_completed(), flow_run.state
+    # The pool's "gpu" limit holds: the model-heavy task runs were tagged, so each took one of its slots.
+    heavy = [r for r in task_runs if r.name.startswith(("invert-", "image-"))]
+    assert len(heavy) == 3 and all("gpu" in r.tags for r in heavy), [(r.name, r.tags) for r in task_runs]
     assert weekly.schedules and weekly.schedules[0].schedule.cron == "0 3 * * 1"
     cat = catalogue.open(out)
     assert len(cat) > 0 and cat.attrs["images"] == ["sample-0000", "sample-0001"]
@@ -243,24 +270,27 @@ def _png(path: Path, size: int) -> Path:
     ("wrong_size", r"is 32x32 pixels; expected 16x16"),
     ("unknown_region", "unknown region preset"),
     ("bad_rank", r"joint_rank=4 must be in \[0, min k_a = 3\]"),
+    ("unknown_precision", "unknown precision 'fp8'; use one of fp32, bf16, fp16"),
 ])
 def test_bad_input_is_a_clear_error_and_writes_nothing(case, message, models, server, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
     _png(folder / "a.png", 16)
-    regions, joint_rank = "eyes,mouth", None
+    regions, joint_rank, precision = "eyes,mouth", None, "fp32"
     if case == "unreadable":
         (folder / "b.png").write_bytes(b"not a png at all")
     elif case == "wrong_size":
         _png(folder / "b.png", 32)
     elif case == "unknown_region":
         regions = "eyes,nose"
-    else:
+    elif case == "bad_rank":
         joint_rank = 4
+    else:
+        precision = "fp8"
     out = tmp_path / "run"
     with pytest.raises(ValueError, match=message):
         mine_directions(out=str(out), model=models["tiny"], images=str(folder), regions=regions, k=3, num_steps=10,
-                        joint_rank=joint_rank, progress=False)
+                        joint_rank=joint_rank, precision=precision, progress=False)
     assert not out.exists() or list(out.iterdir()) == []
 
 
@@ -269,6 +299,22 @@ def test_resuming_with_other_settings_is_refused(mined, models, server):
     with pytest.raises(ValueError, match="other settings.*k: 3 != 4"):
         mine_directions(out=str(run_dir), model=models["tiny"], progress=False, **(SETTINGS | {"k": 4}))
     assert RunStore(run_dir).run_id == summary.run_id
+
+
+def test_a_bf16_run_is_near_the_fp32_run_and_resumes_only_as_bf16(mined, models, server, tmp_path):
+    """precision="bf16" autocasts the Jacobian products: every subspace moves, by far less than a degree-scale
+    bound (bundled model, k = 8: <= 0.9 degrees; this random tiny model's k = 3 subspaces are less separated)."""
+    run_dir = tmp_path / "bf16"
+    mine_directions(out=str(run_dir), model=models["tiny"], progress=False, precision="bf16", **SETTINGS)
+    store, reference = RunStore(run_dir), RunStore(mined[0])
+    assert store.config.precision == "bf16" and reference.config.precision == "fp32"
+    assert catalogue.open(run_dir).attrs["precision"] == "bf16"
+    torch.testing.assert_close(store.x_t(0), reference.x_t(0), atol=0, rtol=0)  # only the products differ
+    angles = torch.stack([principal_angles(store.subspace(i, block)[0], reference.subspace(i, block)[0]).max()
+                          for i in range(6) for block in store.config.blocks])
+    assert 1e-3 < angles.max() < 5, angles
+    with pytest.raises(ValueError, match="other settings.*precision: 'bf16' != 'fp32'"):
+        mine_directions(out=str(run_dir), model=models["tiny"], progress=False, **SETTINGS)
 
 
 def test_catalogue_and_edit_commands(mined, models, tmp_path, capsys):

@@ -30,11 +30,11 @@ import sys, time
 import tasks.mine
 real = tasks.mine.region_subspaces
 calls = []
-def hanging(model, latent, regions, k):
+def hanging(model, latent, regions, k, **options):
     calls.append(1)
     if len(calls) > 1:
         time.sleep(3600)
-    return real(model, latent, regions, k)
+    return real(model, latent, regions, k, **options)
 tasks.mine.region_subspaces = hanging
 from localedit.cli import main
 sys.exit(main(sys.argv[1:]))

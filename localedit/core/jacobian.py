@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 from localedit.core.hspace import HState, decode
 from localedit.core.models import DiffusionModel, prediction_type
 from localedit.core.parameterisation import noise_gain
-from localedit.core.settings import MiningSettings
-from localedit.core.subspace import largest_angle_sine, project_out
+from localedit.core.settings import PRECISIONS, MiningSettings
+from localedit.core.subspace import fix_signs, largest_angle_sine, project_out
 
 
 @dataclass
@@ -123,6 +123,17 @@ class _AdjointConvolutions(TorchFunctionMode):
 
 def _all_ones(value) -> bool:
     return all(v == 1 for v in (value if isinstance(value, (tuple, list)) else (value,)))
+
+
+# The autocast dtype of each precision name; fp32: none, the model's own.
+AUTOCAST_DTYPES = dict(zip(PRECISIONS, (None, torch.bfloat16, torch.float16), strict=True))
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a precision name (``localedit.core.settings.PRECISIONS``); ValueError for another."""
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    return AUTOCAST_DTYPES[precision]
 
 
 class MaskedJacobian:
@@ -326,8 +337,10 @@ def subspaces(
     seconds = time.perf_counter() - start
     singular_values = found.values.sqrt()
     residual = found.residuals.max(1).values
+    # Each vector's sign fixed (``fix_signs``): Rayleigh-Ritz returns it either way, and which one followed the
+    # rounding, so a block computed alone (a resumed run) came out flipped against the same block computed beside others.
     return [
-        Subspace(found.vectors[a], singular_values[a], int(found.iterations[a]), float(residual[a]),
+        Subspace(fix_signs(found.vectors[a]), singular_values[a], int(found.iterations[a]), float(residual[a]),
                  bool(found.converged[a]), seconds)
         for a in range(masks.shape[0])
     ]

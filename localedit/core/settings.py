@@ -27,6 +27,10 @@ def jive_params(**overrides) -> dict:
     return JIVE(**overrides).get_params()
 
 
+# Precisions of the Jacobian products, by accelerate's names: fp32, or autocast to bf16 or fp16.
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclass(frozen=True)
 class MiningSettings:
     """What a mining run computes per image (the run store saves these with the run; a run resumes only
@@ -37,7 +41,9 @@ class MiningSettings:
     num_steps: DDIM steps of inversion, sampling and every edit of the run's directions;
     seed: of images sampled from the model; complements: our extension (each region's complement
     is one more JIVE block, so individual directions stay local), False for the paper's JIVE;
-    jive: the JIVE estimator's parameters (ranks None: chosen from the subspace angles).
+    jive: the JIVE estimator's parameters (ranks None: chosen from the subspace angles); precision: of
+    the Jacobian products (one of ``PRECISIONS``), reduced for a GPU worker's tensor cores at a measured
+    cost of <= 0.9 degrees of subspace angle (bf16, bundled model).
     """
 
     regions: str = "eyes,mouth"
@@ -47,6 +53,7 @@ class MiningSettings:
     seed: int = 0
     complements: bool = True
     jive: dict = field(default_factory=jive_params)
+    precision: str = "fp32"
 
 
 # What `localedit run` (`make run`) mines on the bundled model, and what `localedit evaluate --compare`

@@ -316,6 +316,7 @@ class Catalogue:
         self.edit = stored_edit(build_attrs, self.run_dir)
         build_attrs.pop(EDIT_ATTR, None)
         self.attrs = {**{key: run_attrs[key] for key in ATTRS}, "complements": bool(run_attrs.get("complements", False)),
+                      "precision": store.config.precision,
                       **build_attrs, "run_id": store.run_id}
         regions = store.regions
         union = torch.stack([r.mask for r in regions]).amax(0)

@@ -84,6 +84,7 @@ class RunConfig:
     seed: int = MiningSettings.seed
     jive: dict = field(default_factory=jive_params)
     complements: bool = False  # older runs, which lack the field, were the paper's form
+    precision: str = MiningSettings.precision  # older runs, which lack the field, were fp32
 
     def __post_init__(self):
         # JIVE's full parameters (``JIVE.get_params``): a run stored with only some of them equals one with all.
