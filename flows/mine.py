@@ -242,14 +242,15 @@ def local_cluster(workers: int | None = None, gpu: bool = False) -> Iterator[Fut
     already: a worker started in 0.2 s, against 12.8 s for a spawned one that imports them again
     (benchmarks/RESULTS.md, issue 14 seventh round). Not once this process has initialised CUDA,
     which a forked child cannot use: then they are spawned (Dask's default), in the background
-    while the Prefect server starts.
+    while the Prefect server starts. These Dask settings (and no trim threshold, no profiler) hold while the
+    cluster lives, for its nanny's (re)starts, and are undone after, so other clusters of this process get Dask's.
     """
     import torch
     from distributed import LocalCluster
 
-    dask.config.set({**WORKER_PRE_SPAWN_ENVIRON, **WORKER_PROFILER,  # read when the nanny starts
-                     MULTIPROCESSING_METHOD: "spawn" if torch.cuda.is_initialized() else "fork"})
-    with ThreadPoolExecutor(1, thread_name_prefix="local-cluster") as pool:
+    settings = {**WORKER_PRE_SPAWN_ENVIRON, **WORKER_PROFILER,
+                MULTIPROCESSING_METHOD: "spawn" if torch.cuda.is_initialized() else "fork"}
+    with dask.config.set(settings), ThreadPoolExecutor(1, thread_name_prefix="local-cluster") as pool:
         starting = pool.submit(LocalCluster, **local_cluster_kwargs(workers, gpu))
         try:
             yield starting

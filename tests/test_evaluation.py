@@ -94,6 +94,9 @@ def test_bootstrap_interval_resamples_images_not_rows():
     median, low, high = bootstrap_median(values, np.arange(100), n_boot=400)
     assert low < median < high and high - low < 30
     assert all(math.isnan(v) for v in bootstrap_median([np.nan], ["a"]))
+    # One image: its median, and no interval (every resample is that image).
+    median, low, high = bootstrap_median([1.0, 2.0, 4.0], ["a"] * 3)
+    assert median == 2.0 and math.isnan(low) and math.isnan(high)
 
 
 @pytest.fixture(scope="module")

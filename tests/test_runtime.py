@@ -32,8 +32,11 @@ def _worker_state(client: Client) -> tuple[list, list, list]:
 
 def test_local_cluster_workers_are_forked_without_dasks_malloc_trim_threshold():
     # Dask's default would give the worker MALLOC_TRIM_THRESHOLD_=65536 (Jacobians 1.75x slower).
+    before = dask.config.get("distributed")
     with local_cluster(workers=1) as starting, Client(starting.result()) as client:
         trim, imported, this_module = _worker_state(client)
+        assert dask.config.get("distributed.worker.multiprocessing-method") == "fork"
+    assert dask.config.get("distributed") == before  # the cluster's settings are undone: another cluster gets Dask's
     assert trim == [None]
     assert imported == [list(WORKER_PRELOAD)]
     assert this_module == [True]  # forked from this process: it has everything this process imported

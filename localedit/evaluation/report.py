@@ -307,7 +307,7 @@ reconstruction. <b>Locality</b>: share of the squared pixel change inside the di
 region's share of the image); <b>source</b>: on the image a direction was found on; <b>transfer</b>: on held-out
 images. Region-free directions (joint, global, random) are scored on every region. A method's row pools the
 edits (images and signs) of all its directions, so its median is not the median of their rows below. Brackets:
-95% bootstrap intervals over images (a single image gives a point). Click a column to sort.</p>
+95% bootstrap intervals over images (none from a single image). Click a column to sort.</p>
 <h2>Methods</h2>{_method_table(methods)}
 <h2>Plots</h2><div class="plots">{''.join(f'<img src="{p}">' for p in plots if p)}</div>
 <h2>Edit strips</h2><p>Held-out images; columns: the input, then the edit at multiples of the direction's
@@ -330,7 +330,7 @@ def text_table(methods: dict) -> str:
 
     def with_ci(m, metric, image_set, decimals):
         low, high = _stat(m, metric, image_set, col.CI_LOW), _stat(m, metric, image_set, col.CI_HIGH)
-        ci = "" if low is None else f" [{num(low, decimals)}, {num(high, decimals)}]"
+        ci = "" if low is None or not np.isfinite(low) else f" [{num(low, decimals)}, {num(high, decimals)}]"
         return num(_stat(m, metric, image_set), decimals) + ci
 
     header = ["method", "src locality", "locality", "better sign", "purity", "out PSNR", "out SSIM", "LPIPS",

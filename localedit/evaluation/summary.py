@@ -22,13 +22,17 @@ from localedit.utils.atomic import write_atomic
 def bootstrap_median(values, groups, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     """Median and a percentile-bootstrap interval that resamples whole groups (images), not rows.
 
-    Rows of one image (both signs, several regions) are not independent, so the image is the unit.
+    Rows of one image (both signs, several regions) are not independent, so the image is the unit. One image
+    gives no interval (NaN bounds, which reports leave out): every resample is that image, and a zero-width
+    "interval" would read as certainty.
     """
     v = np.asarray(values, dtype=float)
     keep = np.isfinite(v)
     v, g = v[keep], pd.factorize(np.asarray(groups)[keep])[0]
     if len(v) == 0:
         return (math.nan,) * 3
+    if g.max() == 0:
+        return float(np.median(v)), math.nan, math.nan
     order = np.argsort(v)
     v, g = v[order], g[order]
     counts = np.random.default_rng(seed).multinomial(g.max() + 1, np.full(g.max() + 1, 1 / (g.max() + 1)), n_boot)
