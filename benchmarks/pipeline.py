@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run the pipeline as it was at this git revision (in process)")
     parser.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="rounds of every run, the order reversed every other round; ratios from the medians (default 1)")
+                        help="rounds of every run, the order reversed every other round; ratios from the medians "
+                             "(default 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # one run, in a child process
     args = parser.parse_args(argv)

@@ -177,7 +177,8 @@ def cmd_mine(args: argparse.Namespace) -> int:
         runner=args.runner, dask_address=args.dask_address, workers=args.workers, out=args.out, model=args.model,
         images=args.images, samples=args.samples, seed=args.seed, regions=args.regions, t=args.t, k=args.k,
         num_steps=args.num_steps, joint_rank=args.joint_rank, individual_rank=args.individual_rank,
-        complements=not args.paper_jive, precision=args.precision, threshold=args.threshold, min_support=args.min_support,
+        complements=not args.paper_jive, precision=args.precision, threshold=args.threshold,
+        min_support=args.min_support,
         edit_schedule=args.edit_schedule, t_edit=EDITING.t_edit if args.t_edit is None else args.t_edit,
         gpu=args.gpu)
     _print_mining(summary)
@@ -354,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--paper-jive", action="store_true",
                       help="JIVE over the regions only, as in the paper (default: each region's complement is one "
                            "more block, which keeps individual directions more local)")
-    mine.add_argument("--precision", choices=tuple(PRECISIONS), default=MINING.precision,
+    mine.add_argument("--precision", choices=PRECISIONS, default=MINING.precision,
                       help="of the Jacobian products: bf16 or fp16 for a GPU worker's tensor cores, at <= 1 degree "
                            "of subspace angle (default: %(default)s)")
     mine.add_argument("--threshold", type=float, default=CATALOGUE.threshold,

@@ -111,7 +111,8 @@ def gpu_tag_where_limited(*tasks: Task) -> tuple[Task, ...]:
     Prefect remembers that a tag has none for only 5 s. One process's requests queue behind each other,
     and on a busy machine the SQLite-backed server took ~2 s to answer, so every 5 s all of a process's
     task runs waited ~2 s to start: no task ran for 6-13% of an in-process 64-image run; untagged, in-process
-    mining was 1.15x as fast end to end (benchmarks/RESULTS.md, issue 14 eighth round). Asked once per flow run instead; a limit created during a run applies from the next.
+    mining was 1.15x as fast end to end (benchmarks/RESULTS.md, issue 14 eighth round). Asked once per flow run
+    instead; a limit created during a run applies from the next.
     """
     with get_client(sync_client=True) as client:
         try:

@@ -338,7 +338,8 @@ def subspaces(
     singular_values = found.values.sqrt()
     residual = found.residuals.max(1).values
     # Each vector's sign fixed (``fix_signs``): Rayleigh-Ritz returns it either way, and which one followed the
-    # rounding, so a block computed alone (a resumed run) came out flipped against the same block computed beside others.
+    # rounding, so a block computed alone (a resumed run) came out flipped against the same block computed beside
+    # others.
     return [
         Subspace(fix_signs(found.vectors[a]), singular_values[a], int(found.iterations[a]), float(residual[a]),
                  bool(found.converged[a]), seconds)
