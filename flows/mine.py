@@ -34,6 +34,7 @@ from flows.stopping import stoppable
 from localedit.core.settings import CatalogueSettings, EditSettings, MiningSettings, jive_params
 from localedit.store.runs import RunStore, run_lock
 from tasks.catalogue import build_catalogue
+from tasks.fork_safety import renew_console_locks_after_fork
 from tasks.mine import NOTHING, StageCount, invert_images, latent_chunks, subspaces_and_split
 from tasks.prepare import plan_run, prepare_run
 from tasks.runtime import MALLOC_TRIM_ENV, WORKER_CORES_ENV, cores, gpu_tag_where_limited, local_slots, wait_all
@@ -52,6 +53,10 @@ MULTIPROCESSING_METHOD = "distributed.worker.multiprocessing-method"
 # tasks' autograd code needs: off, six subspace tasks on a worker took 7% less CPU and 8-14% less wall
 # time (benchmarks/RESULTS.md, issue 14 seventh round). Our LocalCluster has no dashboard to show it.
 WORKER_PROFILER = {"distributed.worker.profile.enabled": False}
+# A worker not up by then fails the run instead of leaving it waiting for good. A forked worker starts in
+# ~0.2 s and a spawned one in ~13 s on 2 busy cores; one forked while a parent thread held a console lock
+# hung forever (tasks/fork_safety.py).
+WORKER_START_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -231,7 +236,19 @@ def local_cluster_kwargs(workers: int | None = None, gpu: bool = False) -> dict:
     env = {WORKER_CORES_ENV: str(share), OMP_WAIT_POLICY: os.environ.get(OMP_WAIT_POLICY, "PASSIVE")}
     return {"n_workers": n, "threads_per_worker": share, "processes": True, "host": "127.0.0.1",
             "dashboard_address": None, "env": env, "resources": {"GPU": 1} if gpu else None,
-            "preload": list(WORKER_PRELOAD)}
+            "preload": list(WORKER_PRELOAD), "death_timeout": WORKER_START_SECONDS}
+
+
+def start_local_cluster(**kwargs):
+    """``distributed.LocalCluster(**kwargs)``; RuntimeError, in one line, if it does not start (Dask's own error
+    for a worker that missed its start deadline is a bare ``AssertionError: Status.starting``)."""
+    from distributed import LocalCluster
+
+    try:
+        return LocalCluster(**kwargs)
+    except Exception as error:
+        raise RuntimeError(f"the Dask LocalCluster did not start ({type(error).__name__}: {error}); a worker "
+                           f"that is not up within {kwargs.get('death_timeout')} s counts as failed") from error
 
 
 @contextmanager
@@ -246,12 +263,13 @@ def local_cluster(workers: int | None = None, gpu: bool = False) -> Iterator[Fut
     cluster lives, for its nanny's (re)starts, and are undone after, so other clusters of this process get Dask's.
     """
     import torch
-    from distributed import LocalCluster
 
-    settings = {**WORKER_PRE_SPAWN_ENVIRON, **WORKER_PROFILER,
-                MULTIPROCESSING_METHOD: "spawn" if torch.cuda.is_initialized() else "fork"}
+    method = "spawn" if torch.cuda.is_initialized() else "fork"
+    if method == "fork":
+        renew_console_locks_after_fork()
+    settings = {**WORKER_PRE_SPAWN_ENVIRON, **WORKER_PROFILER, MULTIPROCESSING_METHOD: method}
     with dask.config.set(settings), ThreadPoolExecutor(1, thread_name_prefix="local-cluster") as pool:
-        starting = pool.submit(LocalCluster, **local_cluster_kwargs(workers, gpu))
+        starting = pool.submit(start_local_cluster, **local_cluster_kwargs(workers, gpu))
         try:
             yield starting
         finally:

@@ -51,6 +51,18 @@ def test_after_cuda_started_workers_are_spawned_and_import_the_tasks_as_they_sta
     assert this_module == [False]  # a fresh interpreter
 
 
+def test_a_worker_that_never_starts_fails_the_cluster_in_one_line(monkeypatch, tmp_path):
+    # as a worker forked while another thread held a lock it needs would (tasks/fork_safety.py)
+    hang = tmp_path / "hang_at_start.py"
+    hang.write_text("import time\n\ndef dask_setup(worker):\n    time.sleep(3600)\n")
+    monkeypatch.setattr(flows.mine, "WORKER_PRELOAD", (str(hang),))
+    monkeypatch.setattr(flows.mine, "WORKER_START_SECONDS", 3)
+    with local_cluster(workers=1) as starting:
+        error = starting.exception(timeout=60)
+    assert isinstance(error, RuntimeError)
+    assert "did not start" in str(error) and "within 3 s" in str(error) and "\n" not in str(error)
+
+
 def test_a_trimmed_worker_is_told_how_to_fix_it(monkeypatch):
     monkeypatch.setenv(MALLOC_TRIM_ENV, "65536")
     with pytest.warns(RuntimeWarning, match="MALLOC_TRIM_THRESHOLD_=65536.*pre-spawn-environ"):
