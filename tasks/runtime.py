@@ -29,8 +29,13 @@ TASK_SLOTS_ENV = "LOCALEDIT_TASK_SLOTS"
 MALLOC_TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"
 
 
+def machine_cores() -> int:
+    """The cores this process may run on, its worker's share (``LOCALEDIT_WORKER_CORES``) or not."""
+    return len(os.sched_getaffinity(0))
+
+
 def cores() -> int:
-    return int(os.environ.get(WORKER_CORES_ENV) or len(os.sched_getaffinity(0)))
+    return int(os.environ.get(WORKER_CORES_ENV) or machine_cores())
 
 
 def local_slots() -> int:
@@ -60,15 +65,16 @@ def warn_if_malloc_trimmed() -> None:
 
 
 @contextmanager
-def jacobian_threads() -> Iterator[None]:
-    """Hold the process's forward-AD lock with all of the process's cores, then go back to the thread share.
+def jacobian_threads(threads: int | None = None) -> Iterator[None]:
+    """Hold the process's forward-AD lock with ``threads`` torch threads (default: all of the process's cores),
+    then go back to the thread share.
 
     Only one thread of a process may be inside forward-mode AD (``localedit.core.forward_ad``), so a
     Jacobian task waiting for the lock uses no core: the holder takes them all. Torch's thread
     count is per calling thread (OpenMP), so tasks running beside it keep their own share.
     """
     with forward_ad.exclusive():
-        torch.set_num_threads(cores())
+        torch.set_num_threads(threads or cores())
         try:
             yield
         finally:

@@ -14,7 +14,14 @@ from distributed import Client
 
 import flows.mine
 from flows.mine import WORKER_PRELOAD, local_cluster, run_mining
-from tasks.runtime import MALLOC_TRIM_ENV, warn_if_malloc_trimmed
+from tasks.runtime import (
+    MALLOC_TRIM_ENV,
+    TASK_SLOTS_ENV,
+    WORKER_CORES_ENV,
+    jacobian_threads,
+    machine_cores,
+    warn_if_malloc_trimmed,
+)
 
 
 def _worker_state(client: Client) -> tuple[list, list, list]:
@@ -61,6 +68,21 @@ def test_a_worker_that_never_starts_fails_the_cluster_in_one_line(monkeypatch, t
         error = starting.exception(timeout=60)
     assert isinstance(error, RuntimeError)
     assert "did not start" in str(error) and "within 3 s" in str(error) and "\n" not in str(error)
+
+
+def test_jacobians_keep_a_workers_core_share_and_the_catalogue_build_can_take_the_machine(monkeypatch):
+    # a LocalCluster of as many workers as cores: each worker may use one
+    monkeypatch.setenv(WORKER_CORES_ENV, "1")
+    monkeypatch.setenv(TASK_SLOTS_ENV, "1")
+    before = torch.get_num_threads()
+    try:
+        with jacobian_threads():
+            assert torch.get_num_threads() == 1
+        with jacobian_threads(machine_cores()):  # as build_catalogue does, once the mining tasks have ended
+            assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+        assert torch.get_num_threads() == 1  # back to the worker's share
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_trimmed_worker_is_told_how_to_fix_it(monkeypatch):
