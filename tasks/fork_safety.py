@@ -37,7 +37,6 @@ def renew_console_locks() -> None:
                 setattr(console, name, threading.RLock())
 
 
-
 @functools.cache  # once per process: a registration cannot be undone, and twice would renew twice
 def renew_console_locks_after_fork() -> None:
     """Run ``renew_console_locks`` in the child of every later fork of this process."""
