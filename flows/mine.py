@@ -45,7 +45,8 @@ OMP_WAIT_POLICY = "OMP_WAIT_POLICY"  # read by OpenMP when torch loads: set in a
 # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also pins glibc's mmap
 # threshold at 128 KiB: every activation tensor is then mapped, zeroed and unmapped, and a worker's
 # Jacobian took 1.75x the CPU seconds of the same call in process (benchmarks/RESULTS.md). None
-# unsets it for the workers our LocalClusters start (a cluster at --dask-address needs the same).
+# unsets it for the workers our LocalClusters start (a cluster at --dask-address needs the same), so that
+# importing localedit there sets malloc to keep freed memory (localedit.utils.allocator).
 WORKER_PRE_SPAWN_ENVIRON = {f"distributed.nanny.pre-spawn-environ.{MALLOC_TRIM_ENV}": None}
 WORKER_PRELOAD = ("tasks.mine", "tasks.catalogue")  # the modules of the tasks this flow submits
 MULTIPROCESSING_METHOD = "distributed.worker.multiprocessing-method"
