@@ -1,8 +1,8 @@
 """Pipeline benchmark: image-region pairs mined per minute, how busy the cores are, and what orchestration costs.
 
 Runs ``flows/mine.py`` on the bundled model over N images sampled from it, once per runner
-(in process; Dask ``LocalCluster``s of 1 worker, the flow's default, and of 2), against a loopback Prefect server of
-its own (Dask workers are separate processes and report their task runs to it). Every run is
+(in process; the flow's default Dask ``LocalCluster``, split as Dask splits the cores, and one of 1 worker), against
+a loopback Prefect server of its own (Dask workers are separate processes and report their task runs to it). Every run is
 a fresh child process, so each pays the same start-up and its CPU time (Dask workers'
 included: they are its children) is its own. ``--baseline REF`` adds a run of the pipeline as
 it was at git revision REF (in process; the tree is exported to a temporary folder), so old
@@ -18,7 +18,7 @@ lock-holding pipelines, mostly waiting for the Jacobian lock); peak RSS of the l
 
     python benchmarks/pipeline.py --quick --json                # 6 images, in process vs Dask: a few minutes
     python benchmarks/pipeline.py --quick --baseline main --json
-    python benchmarks/pipeline.py                               # 16 and 64 images, local, dask, dask:2
+    python benchmarks/pipeline.py                               # 16 and 64 images, local, dask, dask:1
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from flows.local_server import loopback_server
 REPO = Path(__file__).resolve().parent.parent
 REGIONS = "eyes,mouth"
 QUICK = {"images": "6", "runners": "local,dask"}
-FULL = {"images": "16,64", "runners": "local,dask,dask:2"}
+FULL = {"images": "16,64", "runners": "local,dask,dask:1"}
 
 
 def _union_seconds(intervals: list[tuple[float, float]]) -> float:

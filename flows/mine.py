@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import dask
+from distributed.deploy.utils import nprocesses_nthreads
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -54,6 +55,11 @@ MULTIPROCESSING_METHOD = "distributed.worker.multiprocessing-method"
 # tasks' autograd code needs: off, six subspace tasks on a worker took 7% less CPU and 8-14% less wall
 # time (benchmarks/RESULTS.md, issue 14 seventh round). Our LocalCluster has no dashboard to show it.
 WORKER_PROFILER = {"distributed.worker.profile.enabled": False}
+# Dask's monitors for dashboards and unresponsive event loops wake the scheduler, the nannies and every worker many
+# times a second: an idle 2-worker cluster took 0.051 cores, 0.013 with these intervals (benchmarks/RESULTS.md,
+# issue 14 tenth round), CPU that a busy machine's torch threads wait for. Memory limits are checked once a second.
+QUIET_MONITORS = {"distributed.admin.tick.interval": "1s", "distributed.admin.system-monitor.interval": "5s",
+                  "distributed.worker.memory.monitor-interval": "1s"}
 # A worker not up by then fails the run instead of leaving it waiting for good. A forked worker starts in
 # ~0.2 s and a spawned one in ~13 s on 2 busy cores; one forked while a parent thread held a console lock
 # hung forever (tasks/fork_safety.py).
@@ -221,9 +227,12 @@ def check_runner(runner: str = "local", dask_address: str | None = None, workers
 
 
 def local_cluster_kwargs(workers: int | None = None, gpu: bool = False) -> dict:
-    """``distributed.LocalCluster`` arguments for ``workers`` processes (default 1) sharing this machine's cores.
+    """``distributed.LocalCluster`` arguments for ``workers`` processes sharing this machine's cores.
 
-    The workers split the machine's cores, and each runs one task per core, side by side on one
+    By default the cores are split as Dask's own ``LocalCluster`` splits them (one worker per core up to
+    4 cores; 16 cores: 4 workers of 4), and with ``gpu`` one worker holds the GPU. On this 2-core machine two
+    1-core workers mined as fast as the in-process runner (1.00), one 2-thread worker at 0.92
+    (benchmarks/RESULTS.md, issue 14 tenth round). Each worker runs one task per core, side by side on one
     torch thread each, as the in-process runner does: two 1-thread Jacobians do twice the work of
     one, a 2-thread Jacobian 1.41x (benchmarks/RESULTS.md), and the tasks of one worker share its
     model. Its OpenMP threads sleep at barriers instead of spinning: on a machine whose cores are
@@ -232,7 +241,7 @@ def local_cluster_kwargs(workers: int | None = None, gpu: bool = False) -> dict:
     importing ``localedit`` set). A spawned worker imports the tasks' modules (torch, diffusers,
     Prefect) as it starts, not at its first task.
     """
-    n = workers or 1
+    n = workers or (1 if gpu else nprocesses_nthreads(cores())[0])
     share = max(1, cores() // n)
     env = {WORKER_CORES_ENV: str(share), OMP_WAIT_POLICY: os.environ.get(OMP_WAIT_POLICY, "PASSIVE")}
     return {"n_workers": n, "threads_per_worker": share, "processes": True, "host": "127.0.0.1",
@@ -260,15 +269,16 @@ def local_cluster(workers: int | None = None, gpu: bool = False) -> Iterator[Fut
     already: a worker started in 0.2 s, against 12.8 s for a spawned one that imports them again
     (benchmarks/RESULTS.md, issue 14 seventh round). Not once this process has initialised CUDA,
     which a forked child cannot use: then they are spawned (Dask's default), in the background
-    while the Prefect server starts. These Dask settings (and no trim threshold, no profiler) hold while the
-    cluster lives, for its nanny's (re)starts, and are undone after, so other clusters of this process get Dask's.
+    while the Prefect server starts. These Dask settings (and no trim threshold, no profiler, quiet monitors) hold
+    while the cluster lives, for its nanny's (re)starts, and are undone after, so other clusters of this process get
+    Dask's.
     """
     import torch
 
     method = "spawn" if torch.cuda.is_initialized() else "fork"
     if method == "fork":
         renew_console_locks_after_fork()
-    settings = {**WORKER_PRE_SPAWN_ENVIRON, **WORKER_PROFILER, MULTIPROCESSING_METHOD: method}
+    settings = {**WORKER_PRE_SPAWN_ENVIRON, **WORKER_PROFILER, **QUIET_MONITORS, MULTIPROCESSING_METHOD: method}
     with dask.config.set(settings), ThreadPoolExecutor(1, thread_name_prefix="local-cluster") as pool:
         starting = pool.submit(start_local_cluster, **local_cluster_kwargs(workers, gpu))
         try:

@@ -372,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--runner", choices=("local", "dask"), default="local",
                       help="local: tasks in this process; dask: a LocalCluster or --dask-address")
     mine.add_argument("--dask-address", default=None, help="scheduler of an existing cluster, e.g. tcp://host:8786")
-    mine.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes; they split the cores, each running one task per core (default: 1)")
+    mine.add_argument("--workers", type=int, default=None,
+                      help="LocalCluster worker processes; they split the cores, each running one task per core "
+                           "(default: as Dask splits them, one worker per core up to 4 cores; with --gpu 1)")
     mine.add_argument("--gpu", action="store_true", help="model-heavy tasks ask Dask for a GPU worker resource")
     mine.add_argument("--out", required=True,
                       help="run directory (resumed if it holds a run with the same settings); strftime %%-codes "

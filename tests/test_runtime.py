@@ -13,7 +13,7 @@ import torch
 from distributed import Client
 
 import flows.mine
-from flows.mine import WORKER_PRELOAD, local_cluster, run_mining
+from flows.mine import QUIET_MONITORS, WORKER_PRELOAD, local_cluster, local_cluster_kwargs, run_mining
 from tasks.runtime import (
     MALLOC_TRIM_ENV,
     TASK_SLOTS_ENV,
@@ -26,7 +26,7 @@ from tasks.runtime import (
 
 def _worker_state(client: Client) -> tuple[list, list, list]:
     """(MALLOC_TRIM_THRESHOLD_, the preloaded task modules, whether this test module is loaded) per worker, whose
-    Dask profiler must be off (it samples every thread's stack with the GIL held).
+    Dask profiler must be off (it samples every thread's stack with the GIL held) and monitors quiet.
 
     Lambdas travel by value: a function of this module would make a spawned worker import it, and with
     it flows.mine and the tasks."""
@@ -34,6 +34,8 @@ def _worker_state(client: Client) -> tuple[list, list, list]:
     imported = client.run(lambda: [name for name in WORKER_PRELOAD if name in sys.modules])
     this_module = client.run(lambda: "tests.test_runtime" in sys.modules)
     assert list(client.run(lambda: dask.config.get("distributed.worker.profile.enabled")).values()) == [False]
+    monitors = client.run(lambda keys: [dask.config.get(key) for key in keys], list(QUIET_MONITORS))
+    assert list(monitors.values()) == [list(QUIET_MONITORS.values())]
     return list(trim.values()), list(imported.values()), list(this_module.values())
 
 
@@ -56,6 +58,20 @@ def test_after_cuda_started_workers_are_spawned_and_import_the_tasks_as_they_sta
     assert trim == [None]
     assert imported == [list(WORKER_PRELOAD)]  # before any task: the worker's preload imported them
     assert this_module == [False]  # a fresh interpreter
+
+
+@pytest.mark.parametrize("machine, gpu, expected", [
+    (2, False, (2, 1)),  # Dask's split: one worker per core up to 4 cores
+    (16, False, (4, 4)),
+    (16, True, (1, 16)),  # one worker holds the GPU
+])
+def test_a_local_cluster_splits_the_cores_as_dask_does(monkeypatch, machine, gpu, expected):
+    monkeypatch.setenv(WORKER_CORES_ENV, str(machine))
+    kwargs = local_cluster_kwargs(gpu=gpu)
+    assert (kwargs["n_workers"], kwargs["threads_per_worker"]) == expected
+    assert kwargs["env"][WORKER_CORES_ENV] == str(expected[1])
+    chosen = local_cluster_kwargs(workers=3)  # an explicit count shares the cores among its workers
+    assert (chosen["n_workers"], chosen["threads_per_worker"]) == (3, max(1, machine // 3))
 
 
 def test_a_worker_that_never_starts_fails_the_cluster_in_one_line(monkeypatch, tmp_path):
