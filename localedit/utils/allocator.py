@@ -6,9 +6,10 @@ each one afresh, the kernel zeroes its pages on first touch, and freeing unmaps 
 image's subspaces took ~550,000 minor page faults and a fifth of their time in the kernel. With
 one arena and high mmap and trim thresholds (``mallopt(3)``; the knobs glibc documents for this)
 the freed memory stays in the heap and the faults all but vanish: a 16-image mining run went from
-22-27 s to ~6 s of system time and 1.06-1.13x faster, in process and on Dask workers alike
-(``benchmarks/RESULTS.md``, issue 14 tenth round). The cost: the process keeps up to
-``KEEP_BYTES`` of freed memory for its next allocations, and its threads share one arena.
+22-27 s to ~6 s of system time and 1.06-1.13x faster, in process and on Dask workers alike; a 64-image
+run in process 1.03x (``benchmarks/RESULTS.md``, issue 14 tenth round). The cost: the process keeps up
+to ``KEEP_BYTES`` of freed memory for its next allocations, and its threads share one arena's lock (two
+threads of batched U-Net passes took ~15% longer).
 
 Only glibc has these knobs. A user who tunes malloc through its environment variables
 (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``) keeps their settings.
@@ -24,8 +25,8 @@ import platform
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
-# Freed memory the heap keeps, and the size from which a block is mapped on its own instead: 1 GiB is above any
-# tensor of a bundled-model run (the largest are ~40 MiB) and a fraction of a 256-px model's working set.
+# Freed memory the heap keeps, and the size from which a block is mapped on its own instead: the process holds at
+# most this much memory it does not use.
 KEEP_BYTES = 1 << 30
 MALLOC_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
