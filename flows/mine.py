@@ -47,7 +47,7 @@ OMP_WAIT_POLICY = "OMP_WAIT_POLICY"  # read by OpenMP when torch loads: set in a
 # threshold at 128 KiB: every activation tensor is then mapped, zeroed and unmapped, and a worker's
 # Jacobian took 1.75x the CPU seconds of the same call in process (benchmarks/RESULTS.md). None
 # unsets it for the workers our LocalClusters start (a cluster at --dask-address needs the same), so that
-# importing localedit there sets malloc to keep freed memory (localedit.utils.allocator).
+# their preload sets malloc to keep freed memory (tasks.runtime, localedit.utils.allocator).
 WORKER_PRE_SPAWN_ENVIRON = {f"distributed.nanny.pre-spawn-environ.{MALLOC_TRIM_ENV}": None}
 WORKER_PRELOAD = ("tasks.mine", "tasks.catalogue")  # the modules of the tasks this flow submits
 MULTIPROCESSING_METHOD = "distributed.worker.multiprocessing-method"
@@ -224,6 +224,9 @@ def check_runner(runner: str = "local", dask_address: str | None = None, workers
         raise ValueError(f"--workers must be at least 1; got {workers}")
     if runner == "local" and dask_address:
         raise ValueError("--dask-address needs --runner dask")
+    if workers is not None and (runner == "local" or dask_address):
+        where = "--runner local runs in this process" if runner == "local" else "--dask-address has its own"
+        raise ValueError(f"--workers sizes the LocalCluster of --runner dask; {where}")
 
 
 def local_cluster_kwargs(workers: int | None = None, gpu: bool = False) -> dict:

@@ -9,18 +9,13 @@ layers, bottom up: ``localedit.utils``, ``localedit.core`` (the method), ``local
 Importing the package lets OpenMP threads sleep at barriers (``OMP_WAIT_POLICY=PASSIVE``, unless
 the user set a policy) before torch loads its OpenMP runtime: with the default spinning wait, a
 2-thread Jacobian on a machine whose other core is busy ran 4-6x slower than with one thread
-(``benchmarks/RESULTS.md``, mining throughput; measured on a busy machine only). It also lets glibc's malloc keep
-the memory torch frees (``localedit.utils.allocator``): every thread of the process allocates after it, and
-faulting in fresh pages for every tensor cost a fifth of a Jacobian's time.
+(``benchmarks/RESULTS.md``, mining throughput; measured on a busy machine only).
 """
 
 import importlib
 import os
 
-from localedit.utils.allocator import keep_freed_memory
-
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-keep_freed_memory()
 
 _EXPORTS = {
     "load_model": "localedit.core.models",

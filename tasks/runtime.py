@@ -19,7 +19,13 @@ from tqdm.auto import tqdm
 
 from localedit.core import forward_ad
 from localedit.core.models import DiffusionModel, load_model
+from localedit.utils.allocator import keep_freed_memory
 from localedit.utils.badinput import BAD_INPUT
+
+# Every process that runs the pipeline's tasks imports this module before its task threads exist (the CLI and a
+# flow through flows/, a Dask worker through its preload): there, freed tensors stay in the heap for the next ones
+# instead of being faulted in afresh, a fifth of a Jacobian's time (localedit.utils.allocator).
+keep_freed_memory()
 
 # Cores a process may use: set it for Dask workers that share a machine (our LocalCluster does).
 WORKER_CORES_ENV = "LOCALEDIT_WORKER_CORES"

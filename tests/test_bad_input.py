@@ -353,6 +353,12 @@ def _commands(b: dict, out: Path) -> list[tuple[str, list[str]]]:
         ("evaluate no run", ["evaluate", str(out.parent / "nowhere")]),
         ("mine --workers 0", mine + ["--model", model, "--samples", "1", "--runner", "dask", "--workers", "0",
                                      "--out", str(out)]),
+        # Found by a new user: --workers was ignored where no LocalCluster is started.
+        ("mine --workers with --runner local", mine + ["--model", model, "--samples", "1", "--workers", "2",
+                                                       "--out", str(out)]),
+        ("mine --workers with --dask-address", mine + ["--model", model, "--samples", "1", "--runner", "dask",
+                                                       "--dask-address", "tcp://127.0.0.1:1", "--workers", "2",
+                                                       "--out", str(out)]),
         ("mine --t-edit beyond the timesteps", mine + ["--model", model, "--samples", "1", "--edit-schedule",
                                                        "from_t_edit", "--t-edit", "2000", "--out", str(out)]),
         ("mine --t-edit without its schedule", mine + ["--model", model, "--samples", "1", "--t-edit", "300",
