@@ -60,6 +60,8 @@ WORKER_PROFILER = {"distributed.worker.profile.enabled": False}
 # issue 14 tenth round), CPU that a busy machine's torch threads wait for. Memory limits are checked once a second.
 QUIET_MONITORS = {"distributed.admin.tick.interval": "1s", "distributed.admin.system-monitor.interval": "5s",
                   "distributed.worker.memory.monitor-interval": "1s"}
+# How long ``--dask-address`` may take to answer before the run is refused (Dask's own default is 30 s).
+SCHEDULER_CONNECT_SECONDS = 10
 # A worker not up by then fails the run instead of leaving it waiting for good. A forked worker starts in
 # ~0.2 s and a spawned one in ~13 s on 2 busy cores; one forked while a parent thread held a console lock
 # hung forever (tasks/fork_safety.py).
@@ -229,6 +231,22 @@ def check_runner(runner: str = "local", dask_address: str | None = None, workers
         raise ValueError(f"--workers sizes the LocalCluster of --runner dask; {where}")
 
 
+def check_scheduler(address: str, timeout: float = SCHEDULER_CONNECT_SECONDS) -> None:
+    """ValueError, in one line, unless a Dask scheduler answers at ``address`` within ``timeout`` seconds.
+
+    Checked before the run store is created: otherwise a wrong address failed inside the flow, after the
+    store was made, with Prefect's traceback of the connection error.
+    """
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=timeout):
+            pass
+    except Exception as error:
+        raise ValueError(f"--dask-address {address}: no Dask scheduler answered within {timeout:g} s "
+                         f"({type(error).__name__}: {error})") from error
+
+
 def local_cluster_kwargs(workers: int | None = None, gpu: bool = False) -> dict:
     """``distributed.LocalCluster`` arguments for ``workers`` processes sharing this machine's cores.
 
@@ -306,6 +324,8 @@ def run_mining(runner: str = "local", dask_address: str | None = None, workers: 
     """
     check_runner(runner, dask_address, workers)
     plan_run(**preparation(parameters))  # bad input fails here, in one line, before Prefect starts anything
+    if dask_address:
+        check_scheduler(dask_address)
     with ExitStack() as stack:
         cluster = None
         if runner == "dask" and not dask_address:

@@ -13,7 +13,14 @@ import torch
 from distributed import Client
 
 import flows.mine
-from flows.mine import QUIET_MONITORS, WORKER_PRELOAD, local_cluster, local_cluster_kwargs, run_mining
+from flows.mine import (
+    QUIET_MONITORS,
+    WORKER_PRELOAD,
+    check_scheduler,
+    local_cluster,
+    local_cluster_kwargs,
+    run_mining,
+)
 from tasks.runtime import (
     MALLOC_TRIM_ENV,
     TASK_SLOTS_ENV,
@@ -72,6 +79,14 @@ def test_a_local_cluster_splits_the_cores_as_dask_does(monkeypatch, machine, gpu
     assert kwargs["env"][WORKER_CORES_ENV] == str(expected[1])
     chosen = local_cluster_kwargs(workers=3)  # an explicit count shares the cores among its workers
     assert (chosen["n_workers"], chosen["threads_per_worker"]) == (3, max(1, machine // 3))
+
+
+def test_a_dask_address_is_checked_for_a_scheduler_that_answers():
+    with local_cluster(workers=1) as starting:
+        address = starting.result().scheduler_address
+        check_scheduler(address)  # raises if it does not answer
+    with pytest.raises(ValueError, match=f"--dask-address {address}: no Dask scheduler answered within 1 s"):
+        check_scheduler(address, timeout=1)  # the same address once its cluster has closed
 
 
 def test_a_worker_that_never_starts_fails_the_cluster_in_one_line(monkeypatch, tmp_path):
