@@ -27,8 +27,8 @@ import platform
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
-# Freed memory the heap keeps, and the size from which a block is mapped on its own instead: the process holds at
-# most this much memory it does not use.
+# The size from which a block is mapped on its own, and the free top of the heap beyond which glibc returns
+# memory. Freed memory below a block still in use stays whatever its size (see the module docstring).
 KEEP_BYTES = 1 << 30
 MALLOC_ENV_PREFIX = "MALLOC_"  # glibc's malloc variables: MALLOC_ARENA_MAX, MALLOC_TRIM_THRESHOLD_, ...
 TUNABLES_ENV, MALLOC_TUNABLES = "GLIBC_TUNABLES", "glibc.malloc."
