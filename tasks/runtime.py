@@ -65,7 +65,8 @@ def warn_if_malloc_trimmed() -> None:
     """Warn (once per process) when this worker runs with a fixed malloc trim threshold: Jacobians ~1.75x slower."""
     if MALLOC_TRIM_ENV in os.environ:
         warnings.warn(f"this Dask worker runs with {MALLOC_TRIM_ENV}={os.environ[MALLOC_TRIM_ENV]}, which made "
-                      "Jacobians ~1.75x slower here; start workers with the dask config "
+                      "Jacobians ~1.75x slower here; unset it where you start localedit (a LocalCluster's workers "
+                      "inherit it) or start your workers with the dask config "
                       f"distributed.nanny.pre-spawn-environ.{MALLOC_TRIM_ENV} set to null", RuntimeWarning,
                       stacklevel=2)
 
