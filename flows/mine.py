@@ -262,8 +262,9 @@ def local_cluster_kwargs(workers: int | None = None, gpu: bool = False) -> dict:
     importing ``localedit`` set). A spawned worker imports the tasks' modules (torch, diffusers,
     Prefect) as it starts, not at its first task.
     """
-    n = workers or (1 if gpu else nprocesses_nthreads(cores())[0])
-    share = max(1, cores() // n)
+    machine = cores()
+    n = workers or (1 if gpu else nprocesses_nthreads(machine)[0])
+    share = max(1, machine // n)
     env = {WORKER_CORES_ENV: str(share), OMP_WAIT_POLICY: os.environ.get(OMP_WAIT_POLICY, "PASSIVE")}
     return {"n_workers": n, "threads_per_worker": share, "processes": True, "host": "127.0.0.1",
             "dashboard_address": None, "env": env, "resources": {"GPU": 1} if gpu else None,

@@ -36,7 +36,7 @@ MALLOC_TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"
 
 
 def machine_cores() -> int:
-    """The cores this process may run on, its worker's share (``LOCALEDIT_WORKER_CORES``) or not."""
+    """The cores this process may run on (its affinity), whatever share ``LOCALEDIT_WORKER_CORES`` gives it."""
     return len(os.sched_getaffinity(0))
 
 

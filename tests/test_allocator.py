@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from localedit.utils.allocator import malloc_tuned_by_environment
+from localedit.utils.allocator import MALLOC_ENV_PREFIX, TUNABLES_ENV, malloc_tuned_by_environment
 
 REPO = Path(__file__).resolve().parent.parent
 # A fresh interpreter: allocator settings are process-wide, and a thread that allocated earlier keeps its arena.
@@ -37,7 +37,15 @@ thread.start(); thread.join()
 print(json.dumps(faults))
 """
 GLIBC = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
-NO_MALLOC_ENV = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+
+
+def _malloc_variables() -> list[str]:
+    """The variables of this environment that tune glibc's malloc (what ``malloc_tuned_by_environment`` reads)."""
+    return [name for name in os.environ if name.startswith(MALLOC_ENV_PREFIX) or name == TUNABLES_ENV]
+
+
+_TUNING = set(_malloc_variables())
+NO_MALLOC_ENV = {k: v for k, v in os.environ.items() if k not in _TUNING}
 
 
 def _faults_after_first_call(module: str, **env: str) -> int:
@@ -66,7 +74,7 @@ def test_a_pipeline_process_reuses_freed_memory_and_a_library_import_leaves_mall
     ("GLIBC_TUNABLES", "glibc.cpu.hwcaps=-AVX2", False),
 ])
 def test_any_malloc_setting_in_the_environment_counts(monkeypatch, name, value, tuned):
-    for other in [k for k in os.environ if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]:
+    for other in _malloc_variables():
         monkeypatch.delenv(other)
     monkeypatch.setenv(name, value)
     assert malloc_tuned_by_environment() is tuned
