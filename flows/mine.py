@@ -18,11 +18,13 @@ import inspect
 import os
 import re
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import dask
 from distributed.deploy.utils import nprocesses_nthreads
@@ -33,6 +35,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.local_server import pipeline_server
 from flows.stopping import stoppable
 from localedit.core.settings import CatalogueSettings, EditSettings, MiningSettings, jive_params
+from localedit.store.catalogue import CATALOGUE_NAME
+from localedit.store.catalogue import is_current as catalogue_is_current
 from localedit.store.runs import RunStore, run_lock
 from tasks.catalogue import build_catalogue
 from tasks.fork_safety import renew_console_locks_after_fork
@@ -78,7 +82,8 @@ class MiningResult:
     catalogue: str
     tasks: dict[str, StageCount]  # "latent", "subspace", "split"
     task_seconds: float  # computing inside the mining tasks, summed over tasks (none when all was resumed)
-    catalogue_seconds: float  # building the catalogue (every run rebuilds it)
+    catalogue_seconds: float  # building the catalogue, or checking that it is up to date
+    catalogue_kept: bool  # a resumed run that mined nothing new kept its catalogue (``catalogue.is_current``)
     wall_seconds: float
 
     def counts_text(self) -> str:
@@ -206,14 +211,21 @@ def _mine(run: dict, threshold: float, min_support: int, edit: EditSettings, gpu
         for stage, count in future.result().items():
             counts[stage] += count
     built = time.perf_counter()
-    # A task like the others, so on Dask it runs on a worker (a GPU one with ``gpu``), which holds
-    # the model and its warmed-up memory, with every core of that worker: built in the flow's own
-    # process beside a cluster, the same build took 1.06-1.22x as long (benchmarks/RESULTS.md, issue 14 fourth round).
-    with model_resources(gpu):
-        catalogue = build_catalogue.submit(run_dir, threshold, min_support, edit, progress).result()
+    kept = not any(count.computed for count in counts.values()) and catalogue_is_current(run_dir, threshold,
+                                                                                           min_support, edit)
+    if kept:
+        catalogue = str(Path(run_dir) / CATALOGUE_NAME)
+        get_run_logger().info(f"{catalogue} is up to date (nothing new mined, same settings): kept")
+    else:
+        # A task like the others, so on Dask it runs on a worker (a GPU one with ``gpu``), which holds
+        # the model and its warmed-up memory, with every core of that worker: built in the flow's own
+        # process beside a cluster, the same build took 1.06-1.22x as long (benchmarks/RESULTS.md, issue 14 fourth
+        # round).
+        with model_resources(gpu):
+            catalogue = build_catalogue.submit(run_dir, threshold, min_support, edit, progress).result()
     built = time.perf_counter() - built
     result = MiningResult(run_dir, run["run_id"], str(flow_run.id), catalogue, counts,
-                          sum(c.seconds for c in counts.values()), built, time.perf_counter() - start)
+                          sum(c.seconds for c in counts.values()), built, kept, time.perf_counter() - start)
     get_run_logger().info(f"mined {n} images x {len(run['regions'])} regions into {catalogue}: {result.counts_text()}")
     return result
 
@@ -229,6 +241,10 @@ def check_runner(runner: str = "local", dask_address: str | None = None, workers
     if workers is not None and (runner == "local" or dask_address):
         where = "--runner local runs in this process" if runner == "local" else "--dask-address has its own"
         raise ValueError(f"--workers sizes the LocalCluster of --runner dask; {where}")
+    if workers is not None and workers > cores():
+        warnings.warn(f"--workers {workers} on {cores()} cores: each worker computes on a thread of its own, so "
+                      f"they take turns on the cores, each slower (Dask's split here is {default_workers()})",
+                      stacklevel=2)
 
 
 def check_scheduler(address: str, timeout: float = SCHEDULER_CONNECT_SECONDS) -> None:
@@ -247,6 +263,11 @@ def check_scheduler(address: str, timeout: float = SCHEDULER_CONNECT_SECONDS) ->
                          f"({type(error).__name__}: {error})") from error
 
 
+def default_workers() -> int:
+    """Worker processes of a CPU LocalCluster: Dask's own split of this machine's cores (``nprocesses_nthreads``)."""
+    return nprocesses_nthreads(cores())[0]
+
+
 def local_cluster_kwargs(workers: int | None = None, gpu: bool = False) -> dict:
     """``distributed.LocalCluster`` arguments for ``workers`` processes sharing this machine's cores.
 
@@ -263,7 +284,7 @@ def local_cluster_kwargs(workers: int | None = None, gpu: bool = False) -> dict:
     Prefect) as it starts, not at its first task.
     """
     machine = cores()
-    n = workers or (1 if gpu else nprocesses_nthreads(machine)[0])
+    n = workers or (1 if gpu else default_workers())
     share = max(1, machine // n)
     env = {WORKER_CORES_ENV: str(share), OMP_WAIT_POLICY: os.environ.get(OMP_WAIT_POLICY, "PASSIVE")}
     return {"n_workers": n, "threads_per_worker": share, "processes": True, "host": "127.0.0.1",

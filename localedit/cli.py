@@ -150,8 +150,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _print_mining(summary) -> None:
     """Two console lines for a ``flows.mine.MiningResult``."""
+    built = "kept (up to date)" if summary.catalogue_kept else f"{summary.catalogue_seconds:.0f} s"
     print(f"run: {summary.run_dir} ({summary.counts_text()}; {summary.wall_seconds:.0f} s wall: mining tasks "
-          f"{summary.task_seconds:.0f} s computing, catalogue {summary.catalogue_seconds:.0f} s)")
+          f"{summary.task_seconds:.0f} s computing, catalogue {built})")
     print(f"catalogue: {summary.catalogue}")
 
 

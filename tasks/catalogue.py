@@ -1,5 +1,5 @@
-"""Aggregate a run's per-image directions into its catalogue (rebuilt on every run: under a minute on the bundled
-model, most of it region contrast and the edit readings)."""
+"""Aggregate a run's per-image directions into its catalogue (rebuilt by every run that mined something or changed
+its settings: under a minute on the bundled model, most of it region contrast and the edit readings)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from localedit.core.editing import ALPHA_RANGE
 from localedit.core.jive import JIVE
 from localedit.core.mining import Split
 from localedit.core.models import DiffusionModel
+from localedit.core.settings import EditSettings
 from localedit.store import catalogue
 from localedit.store.runs import RunStore
 from tests.test_store import box_masks, orthonormal, small_config
@@ -148,6 +149,24 @@ def test_rebuilding_with_a_stricter_filter_replaces_the_catalogue(built):
     assert (strict.frame["support"] == N).all()
     assert len(strict) <= len(first)
     assert strict._vectors.shape[0] == len(strict)
+
+
+def test_a_catalogue_is_current_only_for_the_settings_and_format_it_was_built_with(built, monkeypatch):
+    run_dir = built.run_dir
+    assert catalogue.is_current(run_dir, threshold=0.5, min_support=2, with_model=False)
+    assert not catalogue.is_current(run_dir, threshold=0.6, min_support=2, with_model=False)
+    assert not catalogue.is_current(run_dir, threshold=0.5, min_support=3, with_model=False)
+    assert not catalogue.is_current(run_dir, threshold=0.5, min_support=2)  # built without a model
+    assert not catalogue.is_current(run_dir, threshold=0.5, min_support=2, with_model=False,
+                                    edit=EditSettings("from_t_edit"))
+    monkeypatch.setattr(catalogue, "CATALOGUE_FORMAT", catalogue.CATALOGUE_FORMAT + 1)  # a newer localedit
+    assert not catalogue.is_current(run_dir, threshold=0.5, min_support=2, with_model=False)
+    monkeypatch.undo()
+    # min_support is stored as the build capped it, so asking for more than the images again is the same build
+    catalogue.build(run_dir, threshold=0.5, min_support=N + 1)
+    assert catalogue.is_current(run_dir, threshold=0.5, min_support=N + 7, with_model=False)
+    (run_dir / catalogue.CATALOGUE_NAME).unlink()  # a build that stopped before its parquet was written
+    assert not catalogue.is_current(run_dir, threshold=0.5, min_support=N, with_model=False)
 
 
 @pytest.mark.parametrize("n", [12, 4])

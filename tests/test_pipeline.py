@@ -29,7 +29,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.local_server import loopback_server
 from flows.mine import mine_directions, run_mining
-from localedit.cli import main
+from localedit.cli import _print_mining, main
 from localedit.core.mining import latent_at
 from localedit.core.models import from_unet, load_model, save_model
 from localedit.core.subspace import principal_angles
@@ -118,7 +118,7 @@ def test_end_to_end_layout_attributes_and_catalogue(mined, models):
         torch.testing.assert_close(store.x_T(i), alone.x_T[0], atol=1e-3, rtol=0)
         torch.testing.assert_close(store.x_t(i), alone.x_t[0], atol=5e-3, rtol=0)
     cat = catalogue.open(run_dir)
-    assert Path(summary.catalogue) == run_dir / catalogue.CATALOGUE_NAME
+    assert Path(summary.catalogue) == run_dir / catalogue.CATALOGUE_NAME and not summary.catalogue_kept
     assert set(cat.frame["kind"]) == {"individual", "joint"} and {"eyes", "mouth"} <= set(cat.frame["region"])
     # Within one family a region's directions are orthonormal (families are mined independently).
     for _, group in cat.frame.groupby(["region", "kind", "method"]):
@@ -126,17 +126,27 @@ def test_end_to_end_layout_attributes_and_catalogue(mined, models):
         torch.testing.assert_close(V.T @ V, torch.eye(V.shape[1]), atol=1e-5, rtol=0)
 
 
-def test_rerun_recomputes_nothing(mined, models, server):
+def test_rerun_recomputes_nothing_and_keeps_the_catalogue_unless_its_settings_change(mined, models, server,
+                                                                                     tmp_path, capsys):
     run_dir, _ = mined
     chunks = sorted((run_dir / STORE_NAME / "subspace_basis").rglob("*"))
-    stamps = [p.stat().st_mtime_ns for p in chunks]
+    files = [*chunks, run_dir / catalogue.CATALOGUE_NAME]
+    stamps = [p.stat().st_mtime_ns for p in files]
     before = catalogue.open(run_dir).frame
     summary = mine_directions(out=str(run_dir), model=models["tiny"], progress=False, **SETTINGS)
     assert {stage: c.computed for stage, c in summary.tasks.items()} == {"latent": 0, "subspace": 0, "split": 0}
     assert summary.tasks["subspace"].skipped == 24
-    assert [p.stat().st_mtime_ns for p in chunks] == stamps
-    pd.testing.assert_frame_equal(catalogue.open(run_dir).frame.drop(columns="created_at"),
-                                  before.drop(columns="created_at"))
+    # Found by a new user: resuming a finished run rebuilt its catalogue (27 s of a 39 s command); it is kept.
+    assert summary.catalogue_kept and [p.stat().st_mtime_ns for p in files] == stamps
+    _print_mining(summary)
+    assert "catalogue kept (up to date)" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(catalogue.open(run_dir).frame, before)
+    # Other catalogue settings on a finished run (a copy: the module's run stays as it is) rebuild it with them.
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    summary = mine_directions(out=str(copy), model=models["tiny"], progress=False, **{**SETTINGS, "min_support": 2})
+    assert sum(c.computed for c in summary.tasks.values()) == 0 and not summary.catalogue_kept
+    rebuilt = catalogue.open(copy)
+    assert rebuilt.attrs["min_support"] == 2 and (rebuilt.frame["created_at"] > before["created_at"].max()).all()
 
 
 def test_resume_computes_only_the_blocks_not_yet_marked(mined, models, server, tmp_path):
@@ -354,14 +364,16 @@ def test_catalogue_and_edit_commands(mined, models, tmp_path, capsys):
                      "--alphas", "1e6", "--out", str(refused)]) == 0
 
 
-def test_the_console_shows_a_bar_and_the_summary_while_prefect_keeps_the_records(mined, models, server):
+def test_the_console_shows_a_bar_and_the_summary_while_prefect_keeps_the_records(mined, models, server, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime, LogFilter, LogFilterFlowRunId
 
-    run_dir, _ = mined
+    # A finished run (a copy) with another catalogue setting: the mining is resumed, the catalogue rebuilt.
+    run_dir = shutil.copytree(mined[0], tmp_path / "run")
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"}  # the CLI's default
     started = datetime.now(timezone.utc)
-    done = subprocess.run([BIN / "localedit", "mine", "--model", models["tiny"], *CLI_SETTINGS, "--out", str(run_dir)],
+    done = subprocess.run([BIN / "localedit", "mine", "--model", models["tiny"], *CLI_SETTINGS, "--min-support", "2",
+                           "--out", str(run_dir)],
                           capture_output=True, env=env, timeout=600)  # bytes: text mode would turn a bar's \r into \n
     stdout, stderr = done.stdout.decode(), done.stderr.decode()
     assert done.returncode == 0, stderr

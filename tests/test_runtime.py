@@ -16,6 +16,7 @@ import flows.mine
 from flows.mine import (
     QUIET_MONITORS,
     WORKER_PRELOAD,
+    check_runner,
     check_scheduler,
     local_cluster,
     local_cluster_kwargs,
@@ -79,6 +80,17 @@ def test_a_local_cluster_splits_the_cores_as_dask_does(monkeypatch, machine, gpu
     assert kwargs["env"][WORKER_CORES_ENV] == str(expected[1])
     chosen = local_cluster_kwargs(workers=3)  # an explicit count shares the cores among its workers
     assert (chosen["n_workers"], chosen["threads_per_worker"]) == (3, max(1, machine // 3))
+
+
+def test_more_workers_than_cores_is_warned_about(monkeypatch):
+    # Found by a new user: --workers 8 on 2 cores was accepted silently; its workers take turns on the cores.
+    monkeypatch.setenv(WORKER_CORES_ENV, "2")
+    with pytest.warns(UserWarning, match=r"--workers 3 on 2 cores: .* take turns .*Dask's split here is 2\)"):
+        check_runner("dask", workers=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_runner("dask", workers=2)
+        check_runner("dask")
 
 
 def test_a_dask_address_is_checked_for_a_scheduler_that_answers():

@@ -57,6 +57,10 @@ from localedit.utils.atomic import write_atomic
 
 CATALOGUE_NAME = "catalogue.parquet"
 EDIT_ATTR = "edit"  # the directions array's attribute holding the catalogue's EditSettings
+# Bumped whenever ``build`` changes what a catalogue holds: a finished run resumed by a newer localedit then
+# rebuilds its catalogue instead of reusing one in the older format (``is_current``).
+CATALOGUE_FORMAT = 1
+FORMAT_ATTR = "format"
 ATTRS = ("model_source", "model_fingerprint", "t", "k", "num_steps", "regions", "images", "image_sources",
          "resolution", "h_shape", "seed", "jive")
 
@@ -215,7 +219,8 @@ def build(run_dir: str | Path, threshold: float = CatalogueSettings.threshold,
     if min_support > len(splits):
         warnings.warn(f"min_support {min_support} exceeds the run's {len(splits)} image(s): a catalogue direction "
                       f"needs the support of all {len(splits)}", stacklevel=2)
-        min_support = len(splits)
+    attrs = _build_attrs(store, threshold, min_support, edit, model is not None)
+    min_support = attrs["min_support"]
     with tqdm(total=3, desc="catalogue", disable=not progress) as bar:  # closed even if a stage raises
         bar.set_postfix_str("variation, consensus")
         found, joint_variation = _variation_rows(store, model)
@@ -268,8 +273,29 @@ def build(run_dir: str | Path, threshold: float = CatalogueSettings.threshold,
     frame = pd.DataFrame(rows, columns=COLUMNS)
     path = store.run_dir / CATALOGUE_NAME
     path.unlink(missing_ok=True)  # from here until the rename below, the run has no catalogue
-    store.write_directions(vectors, frame["id"].tolist(), {"threshold": threshold, "min_support": min_support, EDIT_ATTR: edit.to_attrs()})
+    store.write_directions(vectors, frame["id"].tolist(), attrs)
     return write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def _build_attrs(store: RunStore, threshold: float, min_support: int, edit: EditSettings, with_model: bool) -> dict:
+    """What decides a catalogue's content besides the run itself, as stored with its directions
+    (``min_support`` capped at the run's images, as ``build`` applies it)."""
+    return {"threshold": threshold, "min_support": min(min_support, len(store.config.images)),
+            EDIT_ATTR: edit.to_attrs(), "with_model": with_model, FORMAT_ATTR: CATALOGUE_FORMAT}
+
+
+def is_current(run_dir: str | Path, threshold: float = CatalogueSettings.threshold,
+               min_support: int = CatalogueSettings.min_support, edit: EditSettings = EditSettings(),
+               with_model: bool = True) -> bool:
+    """Whether the run's catalogue exists and ``build`` with these arguments (``with_model``: given a model) would
+    write it again unchanged, so a resumed run that mined nothing new may keep it: rebuilding took 27 s of a 39 s
+    command that resumed a finished 6-image run. False for a catalogue of another format (``CATALOGUE_FORMAT``)."""
+    store = RunStore(run_dir)
+    if not (store.run_dir / CATALOGUE_NAME).exists():
+        return False
+    _, stored = store.directions()
+    wanted = _build_attrs(store, threshold, min_support, edit, with_model)
+    return all(stored.get(key) == value for key, value in wanted.items())
 
 
 class LegacyCatalogueWarning(UserWarning):
