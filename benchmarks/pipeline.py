@@ -14,7 +14,10 @@ Per run: pairs per minute; ``core_utilisation`` = CPU seconds of the run's proce
 others took is the difference); the share of the flow's wall time with no task running
 (orchestration); the share of task-run time outside task bodies (Prefect's own work, model
 loads, store reads and writes, a task waiting for its upstream; in the per-block and
-lock-holding pipelines, mostly waiting for the Jacobian lock); peak RSS of the largest process.
+lock-holding pipelines, mostly waiting for the Jacobian lock); peak RSS of the largest process; and
+``largest_angle_deg``, the largest principal angle between its subspaces and the reference run's (the old
+in-process run with ``--baseline``, else the new one; same images and blocks), so speed is never bought
+with accuracy.
 
     python benchmarks/pipeline.py --quick --json                # 6 images, in process vs Dask: a few minutes
     python benchmarks/pipeline.py --quick --baseline main --json
@@ -83,6 +86,27 @@ def task_intervals(flow_run_id: str) -> tuple[tuple[float, float], list[tuple[st
                 break
     spans = [(r.name, r.start_time.timestamp(), r.end_time.timestamp()) for r in runs if r.start_time and r.end_time]
     return (flow.start_time.timestamp(), flow.end_time.timestamp()), spans
+
+
+def largest_angle_deg(run_dir: Path, reference: Path) -> float:
+    """Largest principal angle, in degrees, between two runs' subspaces of the same image and block, over every
+    image and block: the accuracy a version or a runner costs (issue 14's bar: within 1 degree of the reference).
+    Zero columns (padding, where fewer than k directions were found) are left out. ValueError if the runs
+    differ in images, blocks, h or k."""
+    import numpy as np
+    import zarr
+
+    from localedit.core.subspace import principal_angles
+    from localedit.store.runs import STORE_NAME
+
+    a, b = (zarr.open_group(str(d / STORE_NAME), mode="r")["subspace_basis"][:] for d in (run_dir, reference))
+    if a.shape != b.shape:
+        raise ValueError(f"{run_dir} has subspaces of shape {a.shape}, {reference} {b.shape}")
+    worst = 0.0
+    for A, B in zip(a.reshape(-1, *a.shape[2:]), b.reshape(-1, *b.shape[2:])):
+        A, B = (X[:, np.linalg.norm(X, axis=0) > 0] for X in (A, B))
+        worst = max(worst, float(principal_angles(A, B).max()))
+    return worst
 
 
 def bundled_or_random(workdir: Path) -> tuple[str, str]:
@@ -232,6 +256,9 @@ def headline(rows: list[dict]) -> dict:
         figures["new_over_old"] = pick["new", "local"]["pairs_per_minute"] / pick["old", "local"]["pairs_per_minute"]
         figures["old_core_utilisation"] = pick["old", "local"]["core_utilisation"]
     figures.update({name: value for name, value in ratios(rows).get(n, {}).items() if name.endswith("_mining")})
+    angles = [r["largest_angle_deg"] for r in rows if "largest_angle_deg" in r]
+    if angles:  # over every run of every image count
+        figures["largest_angle_deg"] = max(angles)
     return figures
 
 
@@ -239,14 +266,15 @@ def markdown(rows: list[dict], described: str) -> str:
     lines = [f"Model: {described}; regions {REGIONS}.", "",
              "| version | runner | images | pairs / min | wall (s) | mining stages: pairs / min | catalogue (s) | "
              "core utilisation | machine busy | peak RSS (MB) | outside tasks | in task runs, outside bodies | "
-             "task bodies (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "task bodies (s) | largest angle (deg) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['version']} | {r['runner']} | {r['images']} | {r['pairs_per_minute']:.1f} | "
                      f"{r['wall_seconds']:.0f} | {r['mining_pairs_per_minute'] or 0:.1f} | {r['catalogue_seconds']:.0f} | "
                      f"{r['core_utilisation']:.2f} | {r['machine_busy']:.2f} | "
                      f"{r['peak_rss_mb']:.0f} | {r['outside_tasks_share']:.1%} | "
-                     f"{r['task_run_share_outside_bodies']:.1%} | {r['task_body_seconds']:.0f} |")
+                     f"{r['task_run_share_outside_bodies']:.1%} | {r['task_body_seconds']:.0f} | "
+                     f"{r.get('largest_angle_deg', float('nan')):.5f} |")
     lines.append("")
     for n, entry in ratios(rows).items():
         lines.append(f"{n} images: " + ", ".join(f"{name} = {value:.2f}" for name, value in entry.items()) + ".")
@@ -285,12 +313,18 @@ def main(argv: list[str] | None = None) -> int:
                 plan = [("new", runner, REPO) for runner in runners]
                 if baseline:
                     plan.insert(1, ("old", "local", baseline))  # beside the new in-process run it is compared with
+                outs = []
                 for round_ in range(args.repeat):
                     # Odd rounds run the plan backwards, so no runner always goes first on a machine whose speed drifts.
                     for version, runner, tree in plan if round_ % 2 == 0 else plan[::-1]:
-                        out = workdir / f"{version}-{runner}-{n}-{round_}"
-                        rows.append({**mine(model, n, runner, out, tree, version), "round": round_})
+                        outs.append(workdir / f"{version}-{runner}-{n}-{round_}")
+                        rows.append({**mine(model, n, runner, outs[-1], tree, version), "round": round_})
                         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+                # Accuracy: every run's subspaces against the old in-process run's (else the new one's), same images.
+                reference = workdir / f"{'old' if baseline else 'new'}-local-{n}-0"
+                if reference.exists():
+                    for row, out in zip(rows[-len(outs):], outs):
+                        row["largest_angle_deg"] = largest_angle_deg(out, reference)
     machine = {"cpus": len(os.sched_getaffinity(0)), "load_average": os.getloadavg(), "baseline": args.baseline}
     if args.json:
         print(json.dumps({**headline(rows), "model": described, "machine": machine,

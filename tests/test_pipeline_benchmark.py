@@ -52,3 +52,31 @@ def test_repeated_runs_are_compared_by_their_medians_and_one_task_per_image_coun
     assert ratios(rows) == {6: {"dask_over_inprocess": pytest.approx(24.0 / 22.0)}}
     assert headline(rows)["dask_over_inprocess"] == pytest.approx(24.0 / 22.0)
     assert stage_seconds([("invert-0:4", 0.0, 5.0), ("image-3", 5.0, 9.0), ("build-catalogue-x", 9.0, 12.0)]) == (9.0, 3.0)
+
+
+def test_the_accuracy_figure_is_the_largest_principal_angle_over_images_and_blocks(tmp_path):
+    import math
+
+    import numpy as np
+    import zarr
+
+    from benchmarks.pipeline import largest_angle_deg
+    from localedit.store.runs import STORE_NAME
+
+    d, k, planted = 12, 3, 0.7  # degrees
+    rotated = np.zeros((2, 2, d, k), dtype=np.float32)  # (image, block, h, component)
+    rotated[..., [0, 1, 2], [0, 1, 2]] = 1.0
+    reference = rotated.copy()
+    c, s = math.cos(math.radians(planted)), math.sin(math.radians(planted))
+    rotated[1, 0, :, 1] = 0.0
+    rotated[1, 0, 1, 1], rotated[1, 0, 5, 1] = c, s  # one image and block off by the planted angle
+    reference[0, 1, :, 2] = 0.0  # a block where fewer than k directions were found: padding is left out
+    for name, basis in (("run", rotated), ("reference", reference)):
+        group = zarr.open_group(str(tmp_path / name / STORE_NAME), mode="w")
+        group.create_array("subspace_basis", data=basis)
+    assert largest_angle_deg(tmp_path / "run", tmp_path / "reference") == pytest.approx(planted, abs=1e-4)
+    assert largest_angle_deg(tmp_path / "reference", tmp_path / "reference") == 0.0
+    zarr.open_group(str(tmp_path / "other" / STORE_NAME), mode="w").create_array("subspace_basis",
+                                                                                 data=reference[:1])
+    with pytest.raises(ValueError, match="subspaces of shape"):
+        largest_angle_deg(tmp_path / "other", tmp_path / "reference")
