@@ -54,6 +54,9 @@ OMP_WAIT_POLICY = "OMP_WAIT_POLICY"  # read by OpenMP when torch loads: set in a
 # their preload sets malloc to keep freed memory (tasks.runtime, localedit.utils.allocator).
 WORKER_PRE_SPAWN_ENVIRON = {f"distributed.nanny.pre-spawn-environ.{MALLOC_TRIM_ENV}": None}
 WORKER_PRELOAD = ("tasks.mine", "tasks.catalogue")  # the modules of the tasks this flow submits
+# Our LocalCluster's workers also leave a stop to the flow's process and keep quiet while closing: a cluster at
+# --dask-address keeps its own signal handling and messages.
+CLUSTER_WORKER_SETUP = "tasks.worker_setup"
 MULTIPROCESSING_METHOD = "distributed.worker.multiprocessing-method"
 # Dask's statistical profiler samples every worker thread's stack every 10 ms, holding the GIL that the
 # tasks' autograd code needs: off, six subspace tasks on a worker took 7% less CPU and 8-14% less wall
@@ -289,7 +292,7 @@ def local_cluster_kwargs(workers: int | None = None, gpu: bool = False) -> dict:
     env = {WORKER_CORES_ENV: str(share), OMP_WAIT_POLICY: os.environ.get(OMP_WAIT_POLICY, "PASSIVE")}
     return {"n_workers": n, "threads_per_worker": share, "processes": True, "host": "127.0.0.1",
             "dashboard_address": None, "env": env, "resources": {"GPU": 1} if gpu else None,
-            "preload": list(WORKER_PRELOAD), "death_timeout": WORKER_START_SECONDS}
+            "preload": [*WORKER_PRELOAD, CLUSTER_WORKER_SETUP], "death_timeout": WORKER_START_SECONDS}
 
 
 def start_local_cluster(**kwargs):

@@ -9,7 +9,8 @@ records the flow run as crashed and unwinds); if the process is still there ``GR
 later, or at a second signal, it terminates every process it started (a Prefect server, Dask
 workers) and exits with status 128 + the signal number. From the first signal on, the console
 no longer shows Prefect's per-run records (a deliberate stop read as three "Crash detected"
-ERROR lines); the server keeps them, and the console says in one line that the run stopped.
+ERROR lines) nor Dask's messages about a closing cluster (workers lost, restarted); the server keeps the
+records, and the console says in one line that the run stopped.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from contextlib import contextmanager
 
 import psutil
 from prefect.logging.handlers import PrefectConsoleHandler
+
+from tasks.worker_setup import DASK_LOGGER
 
 GRACE_SECONDS = 5.0
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -66,11 +69,22 @@ def _not_a_run_record(record: logging.LogRecord) -> bool:
     return not record.name.startswith(RUN_RECORDS)
 
 
-def quiet_run_records() -> None:
-    """Keep Prefect's flow and task run records off this process's console (its API handler still sends them)."""
+def _nothing(record: logging.LogRecord) -> bool:
+    return False
+
+
+def quiet_console() -> None:
+    """Keep Prefect's flow and task run records (its API handler still sends them) and Dask's messages off this
+    process's console: after a stop, a closing LocalCluster's scheduler and nannies warned of every lost and
+    restarted worker (~6 lines after the one that says the run stopped)."""
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler):
             handler.addFilter(_not_a_run_record)
+    loggers = logging.Logger.manager.loggerDict
+    for name, logger in list(loggers.items()):
+        if isinstance(logger, logging.Logger) and (name == DASK_LOGGER or name.startswith(f"{DASK_LOGGER}.")):
+            for handler in logger.handlers:
+                handler.addFilter(_nothing)
 
 
 def stoppable(fn: Callable) -> Callable:
@@ -102,7 +116,7 @@ def stop_handlers() -> Iterator[None]:
         _received.append(signum)
         if len(_received) > 1:
             end(signum)
-        quiet_run_records()
+        quiet_console()
         timer = threading.Timer(GRACE_SECONDS, end, args=(signum,))
         timer.daemon = True
         timer.start()

@@ -2,6 +2,7 @@
 and the order in which ``run_mining`` starts and stops the cluster and the Prefect server."""
 
 import os
+import signal
 import sys
 import warnings
 from concurrent.futures import Future
@@ -44,6 +45,9 @@ def _worker_state(client: Client) -> tuple[list, list, list]:
     assert list(client.run(lambda: dask.config.get("distributed.worker.profile.enabled")).values()) == [False]
     monitors = client.run(lambda keys: [dask.config.get(key) for key in keys], list(QUIET_MONITORS))
     assert list(monitors.values()) == [list(QUIET_MONITORS.values())]
+    # a stop is the flow process's to make (tasks/worker_setup.py): Ctrl-C ignored, SIGTERM ends it quietly
+    signals = client.run(lambda: [signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)])
+    assert list(signals.values()) == [[signal.SIG_IGN, signal.SIG_DFL]]
     return list(trim.values()), list(imported.values()), list(this_module.values())
 
 

@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 SETTINGS = ["--samples", "2", "--k", "2", "--num-steps", "10", "--regions", "eyes,mouth", "--joint-rank", "1",
             "--min-support", "1"]
 HANGING = """
-import sys, time
+import os, sys, time
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")  # as the CLI sets it, before Prefect loads
 import tasks.mine
 real = tasks.mine.region_subspaces
 calls = []
@@ -51,10 +52,12 @@ def env(tmp_path_factory):
     return {"model": str(model), "env": environ}
 
 
-def _mine(env, out, *, hanging=False) -> subprocess.Popen:
+def _mine(env, out, *options, hanging=False) -> subprocess.Popen:
+    """``localedit mine`` in a session of its own (its process group, as a terminal's job is)."""
     code = ["-c", HANGING] if hanging else ["-m", "localedit.cli"]
-    return subprocess.Popen([sys.executable, *code, "mine", "--model", env["model"], *SETTINGS, "--out", str(out)],
-                            cwd=REPO, env=env["env"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, *code, "mine", "--model", env["model"], *SETTINGS, *options,
+                             "--out", str(out)], cwd=REPO, env=env["env"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def _wait_mid_run(proc, out) -> list[psutil.Process]:
@@ -105,6 +108,24 @@ def test_sigterm_stops_mid_run_leaves_no_server_and_resumes(env, tmp_path):
     assert list(a.frame["id"]) == list(b.frame["id"])
     for direction in a.frame["id"]:
         torch.testing.assert_close(a.vector(direction), b.vector(direction), atol=1e-6, rtol=0)
+
+
+def test_ctrl_c_stops_a_dask_run_in_one_line(env, tmp_path):
+    # Found by a new user: a stopped Dask run printed ~90 lines after its one line (each worker's traceback of
+    # its interrupted task, then the closing cluster's warnings of lost and restarted workers).
+    out = tmp_path / "run"
+    proc = _mine(env, out, "--runner", "dask", hanging=True)  # forked workers inherit the hanging task
+    try:
+        children = _wait_mid_run(proc, out)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole group, workers too
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    said = [line for line in proc.stderr.read().splitlines() if line.strip() and not line.startswith("mining:")]
+    assert rc == 130 and len(said) == 1 and said[0].startswith("localedit: stopped"), said  # besides the bar
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"left running: {[c.cmdline() for c in alive]}"
 
 
 def test_kill_9_leaves_no_server_behind(env, tmp_path):
