@@ -27,7 +27,8 @@ from contextlib import contextmanager
 import psutil
 from prefect.logging.handlers import PrefectConsoleHandler
 
-from tasks.worker_setup import DASK_LOGGER
+from localedit.utils.console import say, stopped_line
+from tasks.worker_setup import console_handlers, is_dask_record
 
 GRACE_SECONDS = 5.0
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -53,8 +54,7 @@ def terminate_children(timeout: float = 3.0) -> None:
 
 def end(signum: int) -> None:
     """Stop now: say so in one line, terminate the processes this one started, and exit 128 + ``signum``."""
-    print(f"localedit: stopped by {signal.Signals(signum).name}; finished work is kept (rerun the same command "
-          f"to resume)", file=sys.stderr, flush=True)
+    say(stopped_line(signum))
     try:
         terminate_children()
     finally:
@@ -69,22 +69,22 @@ def _not_a_run_record(record: logging.LogRecord) -> bool:
     return not record.name.startswith(RUN_RECORDS)
 
 
-def _nothing(record: logging.LogRecord) -> bool:
-    return False
+def _not_from_dask(record: logging.LogRecord) -> bool:
+    return not is_dask_record(record)
 
 
 def quiet_console() -> None:
-    """Keep Prefect's flow and task run records (its API handler still sends them) and Dask's messages off this
-    process's console: after a stop, a closing LocalCluster's scheduler and nannies warned of every lost and
-    restarted worker (~6 lines after the one that says the run stopped)."""
+    """Keep Prefect's flow and task run records (its API handler still sends them), its log shipping's errors and
+    Dask's messages off this process's console: after a stop, a closing LocalCluster's scheduler and nannies
+    warned of every lost and restarted worker (~6 lines after the one that says the run stopped)."""
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler):
             handler.addFilter(_not_a_run_record)
-    loggers = logging.Logger.manager.loggerDict
-    for name, logger in list(loggers.items()):
-        if isinstance(logger, logging.Logger) and (name == DASK_LOGGER or name.startswith(f"{DASK_LOGGER}.")):
-            for handler in logger.handlers:
-                handler.addFilter(_nothing)
+    # Prefect's log shipping writes "--- Error logging to API ---" itself, as logging does for a failing handler
+    # when raiseExceptions is on; the server may be gone before the last logs are sent.
+    logging.raiseExceptions = False
+    for handler in console_handlers():
+        handler.addFilter(_not_from_dask)
 
 
 def stoppable(fn: Callable) -> Callable:
@@ -130,5 +130,9 @@ def stop_handlers() -> Iterator[None]:
     try:
         yield
     finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
+        # Once stopping, the handler stays: the flow has unwound, but closing its cluster and server takes
+        # seconds more, and a second signal then must still end the process at once (a new user's second
+        # Ctrl-C waited for the grace timer, and cut the server's log drain short: "Error logging to API").
+        if not _received:
+            for signum, old in previous.items():
+                signal.signal(signum, old)

@@ -27,6 +27,7 @@ from localedit.core.settings import (
 )
 from localedit.evaluation.settings import EvaluationSettings
 from localedit.utils.badinput import BAD_INPUT, check_output_dir, check_output_file
+from localedit.utils.console import say, stopped_line
 
 DESCRIPTION = ("Local edits in a diffusion model's h-space: mine region directions (JIVE joint and individual, "
                "and our extensions) into a catalogue, edit images with them, evaluate and report.")
@@ -421,6 +422,11 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"localedit: warning: {' '.join(str(message).split())}\n"
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on a line of their own, also while a progress bar is drawn (``localedit.utils.console.say``)."""
+    say(_one_line_warning(message, category, filename, lineno).rstrip("\n"))
+
+
 def _error(err: BaseException) -> str:
     text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else err  # KeyError's str() adds quotes
     return f"localedit: error: {' '.join(str(text).split())}"
@@ -434,16 +440,24 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     torch.set_grad_enabled(True)
     warnings.formatwarning = _one_line_warning
+    warnings.showwarning = _show_warning
     # A dependency's notice, not ours: shown as "localedit: warning" it read as if localedit were deprecated.
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     main_thread = threading.current_thread() is threading.main_thread()
+    stops: list[int] = []
+
+    def interrupt(signum, frame):
+        stops.append(signum)
+        raise KeyboardInterrupt
+
     if main_thread:  # SIGTERM stops a command like Ctrl-C (flows/stopping.py: within seconds, mid-run)
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("localedit: stopped; finished work is kept (rerun the same command to resume)", file=sys.stderr)
-        return 130
+        signum = stops[0] if stops else signal.SIGINT
+        say(stopped_line(signum))
+        return 128 + signum
     except BAD_INPUT as err:
         print(_error(err), file=sys.stderr)
         return 2
@@ -452,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,20 @@ import threading
 
 from distributed.core import Status
 
-DASK_LOGGER = "distributed"  # the logger whose console handler Dask's messages go through
+DASK_LOGGER = "distributed"  # the parent of Dask's loggers
 CLOSING = (Status.closing, Status.closing_gracefully, Status.closed)
+
+
+def is_dask_record(record: logging.LogRecord) -> bool:
+    return record.name == DASK_LOGGER or record.name.startswith(f"{DASK_LOGGER}.")
+
+
+def console_handlers() -> list[logging.Handler]:
+    """The handlers Dask's messages can reach a console through: its own on its loggers (Dask installs one when
+    it is imported before logging is configured) and the root logger's (Prefect's console handler otherwise)."""
+    loggers = [logging.getLogger(), *(logger for name, logger in list(logging.Logger.manager.loggerDict.items())
+                                      if isinstance(logger, logging.Logger) and name.split(".")[0] == DASK_LOGGER)]
+    return [handler for logger in loggers for handler in logger.handlers]
 
 
 def leave_stopping_to_the_flow() -> None:
@@ -34,9 +46,9 @@ def quiet_while_closing(worker) -> None:
     cluster closes only when the run has ended or stopped, and what the worker cancels then is expected."""
 
     def open_(record: logging.LogRecord) -> bool:
-        return worker.status not in CLOSING
+        return worker.status not in CLOSING or not is_dask_record(record)
 
-    for handler in logging.getLogger(DASK_LOGGER).handlers:
+    for handler in console_handlers():
         handler.addFilter(open_)
 
 

@@ -8,6 +8,7 @@ fully valid).
 
 import json
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -421,6 +422,36 @@ def test_options_that_would_do_nothing_are_refused(argv, message, battery, tmp_p
     assert main(argv) == 2
     assert capsys.readouterr().err.startswith(f"localedit: error: {message}")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_warning_while_a_progress_bar_is_drawn_gets_a_line_of_its_own(capsys):
+    # Found by a new user: "localedit: warning: ..." (and the stop line) ran on from the end of the bar's line.
+    from tqdm.auto import tqdm
+
+    from localedit.cli import _show_warning
+
+    with tqdm(total=3, file=sys.stderr, desc="mining") as bar:
+        bar.update()
+        _show_warning(UserWarning("a\nb"), UserWarning, "x.py", 1)
+    lines = capsys.readouterr().err.replace("\r", "\n").split("\n")
+    assert "localedit: warning: a b" in lines, lines
+
+
+def test_on_a_terminal_a_stop_line_also_clears_a_bar_that_another_process_drew(monkeypatch):
+    import io
+
+    from localedit.utils.console import CLEAR_LINE, say, stopped_line
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    terminal.write("\rcatalogue:  67%|######6   | 2/3")  # a Dask worker's bar: this process has no tqdm of it
+    monkeypatch.setattr(sys, "stderr", terminal)
+    say(stopped_line(2))
+    assert terminal.getvalue().endswith(f"2/3{CLEAR_LINE}localedit: stopped by SIGINT; finished work is kept "
+                                        "(rerun the same command to resume)\n")
 
 
 def test_inputs_converted_with_a_note_give_a_valid_strip(battery, tmp_path):

@@ -3,6 +3,7 @@ and the order in which ``run_mining`` starts and stops the cluster and the Prefe
 
 import os
 import signal
+import subprocess
 import sys
 import warnings
 from concurrent.futures import Future
@@ -174,3 +175,14 @@ def test_run_mining_starts_the_cluster_before_the_server_and_closes_it_before_th
     assert run_mining(runner="dask", out=str(tmp_path / "run"), samples=2) == "mined"
     assert events == ["cluster starting", "server started", "flow on tcp://127.0.0.1:1", "cluster closed",
                       "server stopped"]
+
+
+@pytest.mark.parametrize("given, expected", [(None, ["1", "False"]), ("0", ["0"])])  # a CI may turn it off too
+def test_flows_turn_prefects_client_telemetry_off_unless_the_user_chose(given, expected):
+    env = {k: v for k, v in os.environ.items() if k != "DO_NOT_TRACK"}
+    if given is not None:
+        env["DO_NOT_TRACK"] = given
+    code = ("import os, flows; from prefect._internal.analytics.enabled import is_telemetry_enabled; "
+            "print(os.environ['DO_NOT_TRACK'], is_telemetry_enabled())")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split()[: len(expected)] == expected, done.stderr
