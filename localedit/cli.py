@@ -27,7 +27,7 @@ from localedit.core.settings import (
 )
 from localedit.evaluation.settings import EvaluationSettings
 from localedit.utils.badinput import BAD_INPUT, check_output_dir, check_output_file
-from localedit.utils.console import say, stopped_line
+from localedit.utils.console import line_start, say, stopped_line
 
 DESCRIPTION = ("Local edits in a diffusion model's h-space: mine region directions (JIVE joint and individual, "
                "and our extensions) into a catalogue, edit images with them, evaluate and report.")
@@ -419,12 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"localedit: warning: {' '.join(str(message).split())}\n"
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings on a line of their own, also while a progress bar is drawn (``localedit.utils.console.say``)."""
-    say(_one_line_warning(message, category, filename, lineno).rstrip("\n"))
+    """One line, which on a terminal does not run on from a progress bar's (``localedit.utils.console.line_start``).
+    A format, not a ``showwarning``: replacing that would hide the warnings from ``warnings.catch_warnings``."""
+    return f"{line_start()}localedit: warning: {' '.join(str(message).split())}\n"
 
 
 def _error(err: BaseException) -> str:
@@ -440,7 +437,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     torch.set_grad_enabled(True)
     warnings.formatwarning = _one_line_warning
-    warnings.showwarning = _show_warning
     # A dependency's notice, not ours: shown as "localedit: warning" it read as if localedit were deprecated.
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     main_thread = threading.current_thread() is threading.main_thread()

@@ -34,7 +34,16 @@ def subspaces_three_times():
         faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
 thread = threading.Thread(target=subspaces_three_times)
 thread.start(); thread.join()
-print(json.dumps(faults))
+# glibc's own report: one <heap> per arena; with glibc's defaults the thread got an arena of its own
+import ctypes, os, tempfile
+libc = ctypes.CDLL(None)
+libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes, libc.fclose.argtypes = [ctypes.c_int, ctypes.c_void_p], [ctypes.c_void_p]
+fd, path = tempfile.mkstemp(); os.close(fd)
+report = libc.fopen(path.encode(), b"w"); libc.malloc_info(0, report); libc.fclose(report)
+arenas = open(path).read().count("<heap nr=")
+os.unlink(path)
+print(json.dumps({"faults": faults, "arenas": arenas}))
 """
 GLIBC = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 
@@ -48,23 +57,29 @@ _TUNING = set(_malloc_variables())
 NO_MALLOC_ENV = {k: v for k, v in os.environ.items() if k not in _TUNING}
 
 
-def _faults_after_first_call(module: str, **env: str) -> int:
-    """Minor page faults of the second and third of three identical subspace calls on the bundled model, in a new
-    thread of a process that first imported ``module`` (the first call grows the heap)."""
+def _after_first_call(module: str, **env: str) -> tuple[int, int]:
+    """(minor page faults of the second and third of three identical subspace calls on the bundled model, glibc
+    malloc arenas after them), in a new thread of a process that first imported ``module`` (the first call grows
+    the heap)."""
     done = subprocess.run([sys.executable, "-c", PROBE, module], env={**NO_MALLOC_ENV, **env}, cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    return sum(json.loads(done.stdout.splitlines()[-1])[1:])
+    probe = json.loads(done.stdout.splitlines()[-1])
+    return sum(probe["faults"][1:]), probe["arenas"]
 
 
 @GLIBC
 def test_a_pipeline_process_reuses_freed_memory_and_a_library_import_leaves_malloc_alone():
-    kept = _faults_after_first_call("tasks.runtime")
-    library_only = _faults_after_first_call("localedit")
-    users_own = _faults_after_first_call("tasks.runtime", MALLOC_ARENA_MAX="8")
-    # glibc's defaults measured 4,600-210,000 (its adaptive mmap threshold sometimes settles), kept 400-1,200
-    assert library_only > 3000 and users_own > 3000, (library_only, users_own)
-    assert kept * 3 < min(library_only, users_own), (kept, library_only, users_own)
+    kept, kept_arenas = _after_first_call("tasks.runtime")
+    library_only, library_arenas = _after_first_call("localedit")
+    users_own, users_arenas = _after_first_call("tasks.runtime", MALLOC_ARENA_MAX="8")
+    # Whether malloc was set: one arena for every thread, else the thread's own (glibc's defaults).
+    assert (kept_arenas, library_arenas > 1, users_arenas > 1) == (1, True, True), (kept_arenas, library_arenas,
+                                                                                   users_arenas)
+    # What it is for: glibc's defaults measured 2,300-210,000 faults (its adaptive mmap threshold sometimes
+    # settles, in one process of a pair at most so far), kept 400-2,000.
+    control = max(library_only, users_own)
+    assert control > 3000 and kept * 3 < control, (kept, library_only, users_own)
 
 
 @pytest.mark.parametrize("name, value, tuned", [

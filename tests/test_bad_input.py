@@ -424,22 +424,13 @@ def test_options_that_would_do_nothing_are_refused(argv, message, battery, tmp_p
     assert not (tmp_path / "out").exists()
 
 
-def test_a_warning_while_a_progress_bar_is_drawn_gets_a_line_of_its_own(capsys):
-    # Found by a new user: "localedit: warning: ..." (and the stop line) ran on from the end of the bar's line.
-    from tqdm.auto import tqdm
-
-    from localedit.cli import _show_warning
-
-    with tqdm(total=3, file=sys.stderr, desc="mining") as bar:
-        bar.update()
-        _show_warning(UserWarning("a\nb"), UserWarning, "x.py", 1)
-    lines = capsys.readouterr().err.replace("\r", "\n").split("\n")
-    assert "localedit: warning: a b" in lines, lines
-
-
-def test_on_a_terminal_a_stop_line_also_clears_a_bar_that_another_process_drew(monkeypatch):
+def test_on_a_terminal_warnings_and_the_stop_line_clear_a_progress_bars_line_first(monkeypatch):
+    # Found by a new user: "localedit: warning: ..." and the stop line ran on from the end of the bar's line.
     import io
 
+    from tqdm.auto import tqdm
+
+    from localedit.cli import _one_line_warning
     from localedit.utils.console import CLEAR_LINE, say, stopped_line
 
     class Terminal(io.StringIO):
@@ -447,11 +438,19 @@ def test_on_a_terminal_a_stop_line_also_clears_a_bar_that_another_process_drew(m
             return True
 
     terminal = Terminal()
-    terminal.write("\rcatalogue:  67%|######6   | 2/3")  # a Dask worker's bar: this process has no tqdm of it
     monkeypatch.setattr(sys, "stderr", terminal)
+    assert _one_line_warning("a\nb", UserWarning, "x.py", 1) == f"{CLEAR_LINE}localedit: warning: a b\n"
+    terminal.write("\rcatalogue:  67%|######6   | 2/3")  # a Dask worker's bar: this process has no tqdm of it
     say(stopped_line(2))
     assert terminal.getvalue().endswith(f"2/3{CLEAR_LINE}localedit: stopped by SIGINT; finished work is kept "
                                         "(rerun the same command to resume)\n")
+    with tqdm(total=3, file=terminal, desc="mining") as bar:  # this process's own bar is drawn again after
+        bar.update()
+        say("localedit: stopped")
+        bar.update()
+    lines = terminal.getvalue().replace(CLEAR_LINE, "\n").replace("\r", "\n").split("\n")
+    after = lines[lines.index("localedit: stopped") + 1:]
+    assert any(line.startswith("mining:") for line in after), lines
 
 
 def test_inputs_converted_with_a_note_give_a_valid_strip(battery, tmp_path):

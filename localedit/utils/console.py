@@ -11,11 +11,18 @@ from tqdm.auto import tqdm
 CLEAR_LINE = "\r\x1b[K"  # back to the line's start, erase it (ANSI): what a terminal's bar has drawn there
 
 
+def line_start() -> str:
+    """What a message to stderr starts with so that it does not run on from a progress bar's line: on a terminal,
+    ``CLEAR_LINE`` (the bar draws itself again at its next update), whichever process drew it (a Dask worker draws
+    the catalogue build's); elsewhere nothing."""
+    return CLEAR_LINE if sys.stderr.isatty() else ""
+
+
 def say(line: str) -> None:
-    """Write ``line`` to stderr on a line of its own: written plainly, "localedit: stopped ..." ran on from the end
-    of a progress bar's line. This process's tqdm bars are cleared first and drawn again after it; on a terminal the
-    line is also cleared first, for a bar that another process draws (a Dask worker's catalogue build)."""
-    tqdm.write(CLEAR_LINE + line if sys.stderr.isatty() else line, file=sys.stderr)
+    """Write ``line`` to stderr on a line of its own, also while a progress bar is drawn: this process's tqdm bars
+    are cleared first and drawn again after it, and ``line_start`` clears another process's (written plainly,
+    "localedit: stopped ..." ran on from the end of a bar's line)."""
+    tqdm.write(line_start() + line, file=sys.stderr)
     sys.stderr.flush()
 
 
