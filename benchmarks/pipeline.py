@@ -88,6 +88,11 @@ def task_intervals(flow_run_id: str) -> tuple[tuple[float, float], list[tuple[st
     return (flow.start_time.timestamp(), flow.end_time.timestamp()), spans
 
 
+def run_folder(workdir: Path, version: str, runner: str, n: int, round_: int) -> Path:
+    """Where one run of the invocation mines (the accuracy figure finds the reference run here)."""
+    return workdir / f"{version}-{runner}-{n}-{round_}"
+
+
 def largest_angle_deg(run_dir: Path, reference: Path) -> float:
     """Largest principal angle, in degrees, between two runs' subspaces of the same image and block, over every
     image and block: the accuracy a version or a runner costs (issue 14's bar: within 1 degree of the reference).
@@ -317,11 +322,11 @@ def main(argv: list[str] | None = None) -> int:
                 for round_ in range(args.repeat):
                     # Odd rounds run the plan backwards, so no runner always goes first on a machine whose speed drifts.
                     for version, runner, tree in plan if round_ % 2 == 0 else plan[::-1]:
-                        outs.append(workdir / f"{version}-{runner}-{n}-{round_}")
+                        outs.append(run_folder(workdir, version, runner, n, round_))
                         rows.append({**mine(model, n, runner, outs[-1], tree, version), "round": round_})
                         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
                 # Accuracy: every run's subspaces against the old in-process run's (else the new one's), same images.
-                reference = workdir / f"{'old' if baseline else 'new'}-local-{n}-0"
+                reference = run_folder(workdir, "old" if baseline else "new", "local", n, 0)
                 if reference.exists():
                     for row, out in zip(rows[-len(outs):], outs):
                         row["largest_angle_deg"] = largest_angle_deg(out, reference)

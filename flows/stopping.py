@@ -28,7 +28,7 @@ import psutil
 from prefect.logging.handlers import PrefectConsoleHandler
 
 from localedit.utils.console import say, stopped_line
-from tasks.worker_setup import console_handlers, is_dask_record
+from tasks.worker_setup import console_handlers, is_dask_logger
 
 GRACE_SECONDS = 5.0
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -70,7 +70,7 @@ def _not_a_run_record(record: logging.LogRecord) -> bool:
 
 
 def _not_from_dask(record: logging.LogRecord) -> bool:
-    return not is_dask_record(record)
+    return not is_dask_logger(record.name)
 
 
 def quiet_console() -> None:

@@ -21,15 +21,15 @@ DASK_LOGGER = "distributed"  # the parent of Dask's loggers
 CLOSING = (Status.closing, Status.closing_gracefully, Status.closed)
 
 
-def is_dask_record(record: logging.LogRecord) -> bool:
-    return record.name == DASK_LOGGER or record.name.startswith(f"{DASK_LOGGER}.")
+def is_dask_logger(name: str) -> bool:
+    return name.split(".")[0] == DASK_LOGGER
 
 
 def console_handlers() -> list[logging.Handler]:
     """The handlers Dask's messages can reach a console through: its own on its loggers (Dask installs one when
     it is imported before logging is configured) and the root logger's (Prefect's console handler otherwise)."""
     loggers = [logging.getLogger(), *(logger for name, logger in list(logging.Logger.manager.loggerDict.items())
-                                      if isinstance(logger, logging.Logger) and name.split(".")[0] == DASK_LOGGER)]
+                                      if isinstance(logger, logging.Logger) and is_dask_logger(name))]
     return [handler for logger in loggers for handler in logger.handlers]
 
 
@@ -46,7 +46,7 @@ def quiet_while_closing(worker) -> None:
     cluster closes only when the run has ended or stopped, and what the worker cancels then is expected."""
 
     def open_(record: logging.LogRecord) -> bool:
-        return worker.status not in CLOSING or not is_dask_record(record)
+        return worker.status not in CLOSING or not is_dask_logger(record.name)
 
     for handler in console_handlers():
         handler.addFilter(open_)

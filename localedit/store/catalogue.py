@@ -293,7 +293,7 @@ def is_current(run_dir: str | Path, threshold: float = CatalogueSettings.thresho
     store = RunStore(run_dir)
     if not (store.run_dir / CATALOGUE_NAME).exists():
         return False
-    _, stored = store.directions()
+    stored = store.directions_attrs()
     wanted = _build_attrs(store, threshold, min_support, edit, with_model)
     return all(stored.get(key) == value for key, value in wanted.items())
 

@@ -438,5 +438,8 @@ class RunStore:
         array.attrs.update(attrs)
 
     def directions(self) -> tuple[np.ndarray, dict]:
-        array = self.group["directions"]
-        return array[:], dict(array.attrs)
+        return self.group["directions"][:], self.directions_attrs()
+
+    def directions_attrs(self) -> dict:
+        """The catalogue build's settings stored with its direction vectors (without reading the vectors)."""
+        return dict(self.group["directions"].attrs)
