@@ -14,6 +14,7 @@ runner="dask")`` sends them to a ``dask.distributed`` cluster instead, a local o
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import re
@@ -254,16 +255,30 @@ def check_scheduler(address: str, timeout: float = SCHEDULER_CONNECT_SECONDS) ->
     """ValueError, in one line, unless a Dask scheduler answers at ``address`` within ``timeout`` seconds.
 
     Checked before the run store is created: otherwise a wrong address failed inside the flow, after the
-    store was made, with Prefect's traceback of the connection error.
+    store was made, with Prefect's traceback of the connection error. The check asks the address who it is (the
+    ``identity`` call every Dask server answers, over ``distributed.core.rpc``) in an event loop of its own thread,
+    so it works under a running loop (a notebook) too. It is not a ``distributed.Client``: a client sets Dask's
+    global ``scheduler`` option when it is made, and one that failed to connect set it back whenever it was garbage
+    collected, so later Dask computations in this process (xarray reads of a run store) failed with "no Client
+    active".
     """
-    from distributed import Client
-
     try:
-        with Client(address, timeout=timeout):
-            pass
+        with ThreadPoolExecutor(1, thread_name_prefix="scheduler-check") as pool:
+            kind = pool.submit(asyncio.run, _server_kind(address, timeout)).result()
     except Exception as error:
         raise ValueError(f"--dask-address {address}: no Dask scheduler answered within {timeout:g} s "
                          f"({type(error).__name__}: {error})") from error
+    if kind != "Scheduler":
+        raise ValueError(f"--dask-address {address}: a Dask {kind} answered, not a scheduler; give the scheduler's "
+                         f"address")
+
+
+async def _server_kind(address: str, timeout: float) -> str:
+    """What the Dask server at ``address`` says it is ("Scheduler", "Worker", "Nanny")."""
+    from distributed.core import rpc
+
+    async with rpc(address, timeout=timeout) as server:
+        return (await asyncio.wait_for(server.identity(), timeout))["type"]
 
 
 def default_workers() -> int:

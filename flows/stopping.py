@@ -27,7 +27,7 @@ from contextlib import contextmanager
 import psutil
 from prefect.logging.handlers import PrefectConsoleHandler
 
-from localedit.utils.console import say, stopped_line
+from localedit.utils.console import say_stopped
 from tasks.worker_setup import console_handlers, is_dask_logger
 
 GRACE_SECONDS = 5.0
@@ -54,7 +54,7 @@ def terminate_children(timeout: float = 3.0) -> None:
 
 def end(signum: int) -> None:
     """Stop now: say so in one line, terminate the processes this one started, and exit 128 + ``signum``."""
-    say(stopped_line(signum))
+    say_stopped(signum)
     try:
         terminate_children()
     finally:

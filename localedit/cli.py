@@ -27,7 +27,7 @@ from localedit.core.settings import (
 )
 from localedit.evaluation.settings import EvaluationSettings
 from localedit.utils.badinput import BAD_INPUT, check_output_dir, check_output_file
-from localedit.utils.console import line_start, say, stopped_line
+from localedit.utils.console import line_start, new_command, say_stopped
 
 DESCRIPTION = ("Local edits in a diffusion model's h-space: mine region directions (JIVE joint and individual, "
                "and our extensions) into a catalogue, edit images with them, evaluate and report.")
@@ -446,13 +446,14 @@ def main(argv: list[str] | None = None) -> int:
         stops.append(signum)
         raise KeyboardInterrupt
 
+    new_command()
     if main_thread:  # SIGTERM stops a command like Ctrl-C (flows/stopping.py: within seconds, mid-run)
         previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         return args.func(args)
     except KeyboardInterrupt:
         signum = stops[0] if stops else signal.SIGINT
-        say(stopped_line(signum))
+        say_stopped(signum)
         return 128 + signum
     except BAD_INPUT as err:
         print(_error(err), file=sys.stderr)

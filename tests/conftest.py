@@ -12,6 +12,17 @@ from diffusers import UNet2DModel  # noqa: E402
 from localedit.core.models import from_unet  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def dasks_scheduler_option_is_left_as_found():
+    """Fails the test that leaves Dask's global ``scheduler`` option changed (a Dask client sets it when made): a
+    later test in the same pytest worker that reads a store through xarray would fail instead, far from the cause."""
+    import dask
+
+    before = dask.config.get("scheduler", None)
+    yield
+    assert dask.config.get("scheduler", None) == before, "Dask's global scheduler option was left changed"
+
+
 def tiny_unet(size: int = 16, seed: int = 0, channels=(8, 16)) -> UNet2DModel:
     torch.manual_seed(seed)
     unet = UNet2DModel(

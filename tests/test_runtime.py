@@ -1,6 +1,8 @@
 """The worker environment the Dask runner sets up: glibc's adaptive mmap threshold kept, a warning where it is not;
 and the order in which ``run_mining`` starts and stops the cluster and the Prefect server."""
 
+import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -98,12 +100,33 @@ def test_more_workers_than_cores_is_warned_about(monkeypatch):
         check_runner("dask")
 
 
+async def _called_inside_a_running_loop(function, *args):
+    return function(*args)
+
+
 def test_a_dask_address_is_checked_for_a_scheduler_that_answers():
     with local_cluster(workers=1) as starting:
         address = starting.result().scheduler_address
         check_scheduler(address)  # raises if it does not answer
+        asyncio.run(_called_inside_a_running_loop(check_scheduler, address))  # as in a notebook
+        worker = next(iter(starting.result().workers.values())).worker_address
+        with pytest.raises(ValueError, match=f"--dask-address {worker}: a Dask Worker answered, not a scheduler"):
+            check_scheduler(worker)
     with pytest.raises(ValueError, match=f"--dask-address {address}: no Dask scheduler answered within 1 s"):
         check_scheduler(address, timeout=1)  # the same address once its cluster has closed
+
+
+@pytest.mark.parametrize("before", [None, "threads"])
+@pytest.mark.parametrize("address", ["notanaddress", "tcp://127.0.0.1:1"])
+def test_probing_a_dask_address_leaves_dasks_scheduler_option_as_it_was(address, before):
+    # the CI failure of round 11: a probe without a port left scheduler="dask.distributed" in the pytest worker, and a
+    # later xarray read in that process raised "Requested dask.distributed scheduler but no Client active"; a failed
+    # Client also set it again when garbage collected, hence the collection before the check
+    with dask.config.set(scheduler=before):
+        with pytest.raises(ValueError, match=f"--dask-address {address}: no Dask scheduler answered"):
+            check_scheduler(address, timeout=1)
+        gc.collect()
+        assert dask.config.get("scheduler") == before
 
 
 def test_a_worker_that_never_starts_fails_the_cluster_in_one_line(monkeypatch, tmp_path):

@@ -172,3 +172,17 @@ class _Idle:
 
     def start(self):
         pass
+
+
+def test_the_stop_line_is_said_once_per_command(capsys):
+    # make test, once in six: closing the Dask cluster outlasted the grace timer, so the command and the timer's
+    # ``end`` both said the line
+    from localedit.utils.console import new_command, say_stopped
+
+    new_command()
+    say_stopped(signal.SIGINT)  # the command, once the run has unwound
+    say_stopped(signal.SIGINT)  # the grace timer, still armed while the process closes
+    assert capsys.readouterr().err == stopped_line(signal.SIGINT) + "\n"
+    new_command()  # another command in the same process (main called again) is told of its own stop
+    say_stopped(signal.SIGTERM)
+    assert capsys.readouterr().err == stopped_line(signal.SIGTERM) + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 
 from tqdm.auto import tqdm
 
@@ -24,6 +25,23 @@ def say(line: str) -> None:
     "localedit: stopped ..." ran on from the end of a bar's line)."""
     tqdm.write(line_start() + line, file=sys.stderr)
     sys.stderr.flush()
+
+
+_stop_said = threading.Event()
+
+
+def say_stopped(signum: int) -> None:
+    """Say ``stopped_line(signum)``, once per command (``new_command``): the command says it when the run has
+    unwound, and the grace timer of ``flows.stopping`` when it has not within its seconds; both happened when
+    closing a Dask cluster outlasted the timer, and the line came twice."""
+    if not _stop_said.is_set():
+        _stop_said.set()
+        say(stopped_line(signum))
+
+
+def new_command() -> None:
+    """A command starts (``localedit.cli.main``): a stop of it is said again, even in a process that said one."""
+    _stop_said.clear()
 
 
 def stopped_line(signum: int) -> str:
