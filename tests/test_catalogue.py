@@ -1,5 +1,7 @@
 """The catalogue: built from a run's per-image splits, opened as a DataFrame plus unit vectors."""
 
+import warnings
+
 import pandas as pd
 import pytest
 import torch
@@ -163,8 +165,18 @@ def test_a_catalogue_is_current_only_for_the_settings_and_format_it_was_built_wi
     assert not catalogue.is_current(run_dir, threshold=0.5, min_support=2, with_model=False)
     monkeypatch.undo()
     # min_support is stored as the build capped it, so asking for more than the images again is the same build
-    catalogue.build(run_dir, threshold=0.5, min_support=N + 1)
-    assert catalogue.is_current(run_dir, threshold=0.5, min_support=N + 7, with_model=False)
+    with pytest.warns(UserWarning, match=f"min_support {N + 1} exceeds the run's {N} image"):
+        catalogue.build(run_dir, threshold=0.5, min_support=N + 1)
+    # a kept catalogue says again what its build said of the run's size (a new user missed it on a resume)
+    with pytest.warns(UserWarning, match=f"min_support {N + 7} exceeds the run's {N} image"):
+        assert catalogue.is_current(run_dir, threshold=0.5, min_support=N + 7, with_model=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a catalogue that is not kept leaves the saying to its build
+        assert not catalogue.is_current(run_dir, threshold=0.6, min_support=N + 7, with_model=False)
+    assert catalogue.size_notes(N, N, with_model=True) == [
+        f"region and joint variation need at least 10 images; this run has {N}, so the catalogue has none of their "
+        "directions (mine more images)"]
+    assert catalogue.size_notes(10, 10, with_model=True) == [] == catalogue.size_notes(N, N, with_model=False)
     (run_dir / catalogue.CATALOGUE_NAME).unlink()  # a build that stopped before its parquet was written
     assert not catalogue.is_current(run_dir, threshold=0.5, min_support=N, with_model=False)
 

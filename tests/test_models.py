@@ -60,6 +60,11 @@ def test_hub_id_offline_and_bad_paths_fail_clearly(monkeypatch, tmp_path):
         load_model("google/ddpm-nonexistent-model-for-tests")
     with pytest.raises(FileNotFoundError, match="neither a local diffusers folder nor a hub id"):
         load_model(str(tmp_path / "missing" / "model"))
+    (tmp_path / "data" / "models").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)  # a mistyped data/models was read as a hub id: 45 s of retries offline
+    with pytest.raises(FileNotFoundError, match=r"model folder data/model does not exist \(data/ is a folder here, "
+                                                r"so it is read as a path, not a hub id\); it has: models"):
+        load_model("data/model")
     monkeypatch.setattr(models, "BUNDLED_MODEL_DIR", tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="bundled model is missing"):
         load_model()

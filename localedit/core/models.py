@@ -180,7 +180,8 @@ def _one_line(err: BaseException) -> str:
 def load_model(source: str | Path | None = None, device: str | torch.device | None = None) -> DiffusionModel:
     """Open ``source``: None or "bundled" (offline default), a local diffusers folder, or a hub id.
 
-    Hub ids need the network (or a warm Hugging Face cache); offline, their error says so.
+    Hub ids need the network (or a warm Hugging Face cache); offline, their error says so. An owner/name whose
+    owner is a folder here (``data/model``) is read as a mistyped path: FileNotFoundError, without asking the hub.
     """
     if source is None or str(source) == "bundled":
         path = BUNDLED_MODEL_DIR
@@ -192,6 +193,10 @@ def load_model(source: str | Path | None = None, device: str | torch.device | No
     local = Path(source).exists()
     if not local and (str(source).startswith((".", "/")) or str(source).count("/") != 1):
         raise FileNotFoundError(f"{source!r} is neither a local diffusers folder nor a hub id (owner/name)")
+    owner = Path(str(source).split("/")[0])
+    if not local and owner.is_dir():  # a mistyped folder: else 45 s of hub retries offline, then a hub error
+        raise FileNotFoundError(f"model folder {source} does not exist ({owner}/ is a folder here, so it is read as a "
+                                f"path, not a hub id); it has: {', '.join(sorted(p.name for p in owner.iterdir())[:8])}")
     if local and not Path(source).is_dir():
         raise ValueError(f"model {source} is a file; give a diffusers model folder (config.json, weights, "
                          f"scheduler_config.json)")

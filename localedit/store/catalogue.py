@@ -93,12 +93,7 @@ def _variation_rows(store: RunStore, model: DiffusionModel | None) -> tuple[list
     run's t); none without a model or with too few images."""
     config = store.config
     estimator = RegionVariation(n_directions=config.k)
-    if model is None:
-        return [], []
-    if len(config.images) < estimator.min_images:
-        warnings.warn(f"region and joint variation need at least {estimator.min_images} images; this run has "
-                      f"{len(config.images)}, so the catalogue has none of their directions (mine more images)",
-                      stacklevel=2)
+    if model is None or len(config.images) < estimator.min_images:  # the latter said by ``size_notes``
         return [], []
     x_t = torch.stack([store.x_t(i) for i in range(len(config.images))]).to(model.device)
     fit = estimator.fit(encode(model.unet, x_t, config.t).h.cpu(), store.regions)
@@ -216,9 +211,7 @@ def build(run_dir: str | Path, threshold: float = CatalogueSettings.threshold,
     if done < total:
         raise ValueError(f"run {store.run_dir} is incomplete ({done} of {total} images split); resume it first")
     splits = [store.split(i) for i in range(len(config.images))]
-    if min_support > len(splits):
-        warnings.warn(f"min_support {min_support} exceeds the run's {len(splits)} image(s): a catalogue direction "
-                      f"needs the support of all {len(splits)}", stacklevel=2)
+    _warn(size_notes(len(splits), min_support, model is not None))
     attrs = _build_attrs(store, threshold, min_support, edit, model is not None)
     min_support = attrs["min_support"]
     with tqdm(total=3, desc="catalogue", disable=not progress) as bar:  # closed even if a stage raises
@@ -277,6 +270,25 @@ def build(run_dir: str | Path, threshold: float = CatalogueSettings.threshold,
     return write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
+def size_notes(n_images: int, min_support: int, with_model: bool) -> list[str]:
+    """What a catalogue of a run over ``n_images`` images is short of for their number, one line each: said when it
+    is built, and again when a rerun keeps it (``is_current``), since the user may have changed neither."""
+    notes = []
+    if min_support > n_images:
+        notes.append(f"min_support {min_support} exceeds the run's {n_images} image(s): a catalogue direction needs "
+                     f"the support of all {n_images}")
+    needed = RegionVariation().min_images
+    if with_model and n_images < needed:
+        notes.append(f"region and joint variation need at least {needed} images; this run has {n_images}, so the "
+                     "catalogue has none of their directions (mine more images)")
+    return notes
+
+
+def _warn(notes: list[str]) -> None:
+    for note in notes:  # attributed to the caller of ``build`` or ``is_current``
+        warnings.warn(note, stacklevel=3)
+
+
 def _build_attrs(store: RunStore, threshold: float, min_support: int, edit: EditSettings, with_model: bool) -> dict:
     """What decides a catalogue's content besides the run itself, as stored with its directions
     (``min_support`` capped at the run's images, as ``build`` applies it)."""
@@ -289,13 +301,17 @@ def is_current(run_dir: str | Path, threshold: float = CatalogueSettings.thresho
                with_model: bool = True) -> bool:
     """Whether the run's catalogue exists and ``build`` with these arguments (``with_model``: given a model) would
     write it again unchanged, so a resumed run that mined nothing new may keep it: rebuilding took 27 s of a 39 s
-    command that resumed a finished 6-image run. False for a catalogue of another format (``CATALOGUE_FORMAT``)."""
+    command that resumed a finished 6-image run. False for a catalogue of another format (``CATALOGUE_FORMAT``).
+    When True, it warns what ``build`` warned of the run's size (``size_notes``)."""
     store = RunStore(run_dir)
     if not (store.run_dir / CATALOGUE_NAME).exists():
         return False
     stored = store.directions_attrs()
     wanted = _build_attrs(store, threshold, min_support, edit, with_model)
-    return all(stored.get(key) == value for key, value in wanted.items())
+    current = all(stored.get(key) == value for key, value in wanted.items())
+    if current:
+        _warn(size_notes(len(store.config.images), min_support, with_model))
+    return current
 
 
 class LegacyCatalogueWarning(UserWarning):
