@@ -195,8 +195,9 @@ def load_model(source: str | Path | None = None, device: str | torch.device | No
         raise FileNotFoundError(f"{source!r} is neither a local diffusers folder nor a hub id (owner/name)")
     owner = Path(str(source).split("/")[0])
     if not local and owner.is_dir():  # a mistyped folder: else 45 s of hub retries offline, then a hub error
+        has = ", ".join(sorted(entry.name for entry in owner.iterdir())[:8])
         raise FileNotFoundError(f"model folder {source} does not exist ({owner}/ is a folder here, so it is read as a "
-                                f"path, not a hub id); it has: {', '.join(sorted(p.name for p in owner.iterdir())[:8])}")
+                                f"path, not a hub id); it has: {has}")
     if local and not Path(source).is_dir():
         raise ValueError(f"model {source} is a file; give a diffusers model folder (config.json, weights, "
                          f"scheduler_config.json)")
