@@ -129,6 +129,16 @@ def test_probing_a_dask_address_leaves_dasks_scheduler_option_as_it_was(address,
         assert dask.config.get("scheduler") == before
 
 
+def test_a_scheduler_check_that_timed_out_says_so_without_an_empty_message(monkeypatch):
+    async def silent(address, timeout):  # as a port that accepts and never answers (a dashboard's): no message
+        raise TimeoutError()
+
+    monkeypatch.setattr(flows.mine, "_server_kind", silent)
+    with pytest.raises(ValueError, match=r"^--dask-address tcp://h:1: no Dask scheduler answered within 1 s "
+                                         r"\(TimeoutError\)$"):
+        check_scheduler("tcp://h:1", timeout=1)
+
+
 def test_a_worker_that_never_starts_fails_the_cluster_in_one_line(monkeypatch, tmp_path):
     # as a worker forked while another thread held a lock it needs would (tasks/fork_safety.py)
     hang = tmp_path / "hang_at_start.py"
