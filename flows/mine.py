@@ -267,7 +267,8 @@ def check_scheduler(address: str, timeout: float = SCHEDULER_CONNECT_SECONDS) ->
             kind = pool.submit(asyncio.run, _server_kind(address, timeout)).result()
     except Exception as error:
         why = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__  # a timeout says nothing
-        raise ValueError(f"--dask-address {address}: no Dask scheduler answered within {timeout:g} s ({why})") from error
+        raise ValueError(f"--dask-address {address}: no Dask scheduler answered within {timeout:g} s "
+                         f"({why})") from error
     if kind != "Scheduler":
         raise ValueError(f"--dask-address {address}: a Dask {kind} answered, not a scheduler; give the scheduler's "
                          f"address")
