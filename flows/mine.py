@@ -252,7 +252,8 @@ def check_runner(runner: str = "local", dask_address: str | None = None, workers
 
 
 def check_scheduler(address: str, timeout: float = SCHEDULER_CONNECT_SECONDS) -> None:
-    """ValueError, in one line, unless a Dask scheduler answers at ``address`` within ``timeout`` seconds.
+    """ValueError, in one line, unless ``address`` is a Dask address (``distributed.comm.get_address_host_port``)
+    where a Dask scheduler answers within ``timeout`` seconds.
 
     Checked before the run store is created: otherwise a wrong address failed inside the flow, after the
     store was made, with Prefect's traceback of the connection error. The check asks the address who it is (the
@@ -262,6 +263,12 @@ def check_scheduler(address: str, timeout: float = SCHEDULER_CONNECT_SECONDS) ->
     collected, so later Dask computations in this process (xarray reads of a run store) failed with "no Client
     active".
     """
+    from distributed.comm import get_address_host_port
+
+    try:  # the form first: a malformed address is not one that did not answer
+        get_address_host_port(address)
+    except ValueError as error:
+        raise ValueError(f"--dask-address {address} is not a Dask address such as tcp://host:8786 ({error})") from None
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="scheduler-check") as pool:
             kind = pool.submit(asyncio.run, _server_kind(address, timeout)).result()

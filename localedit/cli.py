@@ -206,7 +206,7 @@ def cmd_catalogue(args: argparse.Namespace) -> int:
 
     cat = catalogue.open(args.run)
     frame = cat.frame
-    if args.action == "show":
+    if args.subcommand == "show":
         print(cat)
     else:
         try:
@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     mine.set_defaults(func=cmd_mine)
 
     cat = sub.add_parser("catalogue", help="list a run's directions")
-    cat_sub = cat.add_subparsers(dest="action", required=True)
+    cat_sub = cat.add_subparsers(dest="subcommand", required=True)
     show = cat_sub.add_parser("show", help="every direction")
     show.add_argument("run")
     query = cat_sub.add_parser("query", help="directions matching a pandas query, e.g. \"region == 'eyes'\"")
@@ -439,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     # A dependency's notice, not ours: shown as "localedit: warning" it read as if localedit were deprecated.
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"The `local_dir_use_symlinks` argument is deprecated")  # diffusers'
     main_thread = threading.current_thread() is threading.main_thread()
     stops: list[int] = []
 

@@ -248,6 +248,8 @@ def _bad_models(root: Path, good: Path) -> dict[str, Path]:
     models["a-file"] = root / "model.txt"
     models["a-file"].write_text("not a model")
     models["missing"] = root / "nothing" / "here"
+    models["a-folder-of-models"] = root / "models"  # as data/models is: given in place of data/models/faces-32
+    shutil.copytree(good, models["a-folder-of-models"] / "tiny")
     return models
 
 
@@ -323,6 +325,7 @@ def _commands(b: dict, out: Path) -> list[tuple[str, list[str]]]:
         commands.append((f"mine --regions {name}", mine + ["--model", model, "--samples", "1", "--regions", spec, "--out", str(out)]))
         commands.append((f"demo --regions {name}", demo + ["--model", model, "--regions", spec, "--out", str(out)]))
     commands += [
+        ("catalogue without show or query", ["catalogue", run]),
         ("mine --out a file", mine + ["--model", model, "--samples", "1", "--out", afile]),
         ("mine --out under a file", mine + ["--model", model, "--samples", "1", "--out", afile + "/run"]),
         ("demo --out a file", demo + ["--model", model, "--out", afile]),

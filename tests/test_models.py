@@ -60,14 +60,46 @@ def test_hub_id_offline_and_bad_paths_fail_clearly(monkeypatch, tmp_path):
         load_model("google/ddpm-nonexistent-model-for-tests")
     with pytest.raises(FileNotFoundError, match="neither a local diffusers folder nor a hub id"):
         load_model(str(tmp_path / "missing" / "model"))
-    (tmp_path / "data" / "models").mkdir(parents=True)
+    (tmp_path / "data" / "models" / "faces").mkdir(parents=True)
+    (tmp_path / "data" / "models" / "faces" / "config.json").write_text("{}")
+    (tmp_path / "data" / "models" / ".hidden").mkdir()
     monkeypatch.chdir(tmp_path)  # a mistyped data/models was read as a hub id: 45 s of retries offline
     with pytest.raises(FileNotFoundError, match=r"model folder data/model does not exist \(data/ is a folder here, "
-                                                r"so it is read as a path, not a hub id\); it has: models"):
+                                                r"so it is read as a path, not a hub id\); data/ has: models$"):
         load_model("data/model")
+    with pytest.raises(FileNotFoundError, match=r"'data/models/nope' is neither a local diffusers folder nor a hub "
+                                                r"id \(owner/name\); data/models/ has: faces$"):
+        load_model("data/models/nope")
+    with pytest.raises(ValueError, match="^data/models holds model folders, not a model: give one of faces$"):
+        load_model("data/models")
     monkeypatch.setattr(models, "BUNDLED_MODEL_DIR", tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="bundled model is missing"):
         load_model()
+
+
+def test_without_a_network_a_cached_hub_model_loads_and_an_uncached_one_fails_at_once(saved, monkeypatch, tmp_path):
+    # offline, a hub id took 52 s of retries (46 warning lines) and ended naming a missing config.json
+    import socket
+
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hub" / "models--someone--tiny-ddpm"
+    shutil.copytree(saved[0], repo / "snapshots" / ("a" * 40))  # the Hugging Face cache's layout
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    def no_dns(*args):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    assert models._hub_unreachable() == "huggingface.co: Name or service not known"
+    model = load_model("someone/tiny-ddpm")
+    assert model.fingerprint == fingerprint(saved[1], SCHEDULER) and model.source == "someone/tiny-ddpm"
+    with pytest.raises(OSError, match=r"^hub model 'someone/other' is not in the Hugging Face cache and the hub cannot "
+                                      r"be reached \(huggingface.co: Name or service not known\)"):
+        load_model("someone/other")
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a: [])
+    assert models._hub_unreachable() is None
 
 
 def test_device_rule():

@@ -177,12 +177,20 @@ class _Idle:
 def test_the_stop_line_is_said_once_per_command(capsys):
     # make test, once in six: closing the Dask cluster outlasted the grace timer, so the command and the timer's
     # ``end`` both said the line
+    # A new user's: the local run's bar was drawn again below the line, and in a file the line ran on from a bar's
+    from tqdm.auto import tqdm
+
     from localedit.utils.console import new_command, say_stopped
 
     new_command()
-    say_stopped(signal.SIGINT)  # the command, once the run has unwound
-    say_stopped(signal.SIGINT)  # the grace timer, still armed while the process closes
-    assert capsys.readouterr().err == stopped_line(signal.SIGINT) + "\n"
+    with tqdm(total=3, file=sys.stderr, desc="mining", mininterval=0, miniters=1) as bar:
+        bar.update()
+        say_stopped(signal.SIGINT)  # the command, once the run has unwound
+        say_stopped(signal.SIGINT)  # the grace timer, still armed while the process closes
+        bar.update()  # the flow goes on unwinding
+    said = capsys.readouterr().err
+    assert "mining:  33%" in said and said.endswith("\n" + stopped_line(signal.SIGINT) + "\n"), said
+    assert said.count("localedit: stopped") == 1
     new_command()  # another command in the same process (main called again) is told of its own stop
     say_stopped(signal.SIGTERM)
-    assert capsys.readouterr().err == stopped_line(signal.SIGTERM) + "\n"
+    assert capsys.readouterr().err == "\n" + stopped_line(signal.SIGTERM) + "\n"

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
@@ -145,10 +147,26 @@ def _scheduler(config: dict, where: str) -> DDPMScheduler:
     return scheduler
 
 
-def _hub_scheduler(source: str) -> DDPMScheduler:
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub (``HF_ENDPOINT``) cannot be reached from here, or None when its host name resolves.
+
+    Asked before a hub id is loaded: without a network, huggingface_hub retries each file for ~25 s before it
+    fails, with a warning line per retry, and its final error names a missing file, not the network."""
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT
+    try:
+        socket.getaddrinfo(host, 443)
+    except (socket.gaierror, UnicodeError) as err:
+        return f"{host}: {getattr(err, 'strerror', None) or err}"
+    return None
+
+
+def _hub_scheduler(source: str, cached_only: bool) -> DDPMScheduler:
     for subfolder in (None, "scheduler"):
         try:
-            return _scheduler(dict(DDPMScheduler.load_config(source, subfolder=subfolder)), f"{source} (hub)")
+            config = DDPMScheduler.load_config(source, subfolder=subfolder, local_files_only=cached_only)
+            return _scheduler(dict(config), f"{source} (hub)")
         except (OSError, EnvironmentError):
             continue
     raise ValueError(f"hub model {source!r} has no scheduler config; the product cannot know what its U-Net predicts")
@@ -177,6 +195,18 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
 
+def _nearest_folder(path: Path, shown: int = 8) -> str:
+    """``"; data/models/ has: faces-32, probe"``: the nearest folder above a missing ``path`` that exists, and the
+    first ``shown`` of its entries (hidden ones left out), so a mistyped path can be told from the listing."""
+    folder = next((parent for parent in path.parents if parent.is_dir()), None)
+    if folder is None:
+        return ""
+    names = sorted(entry.name for entry in folder.iterdir() if not entry.name.startswith("."))
+    more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+    where = "this folder" if folder == Path(".") else folder.as_posix().rstrip("/") + "/"
+    return f"; {where} has: {', '.join(names[:shown]) or 'nothing'}{more}"
+
+
 def load_model(source: str | Path | None = None, device: str | torch.device | None = None) -> DiffusionModel:
     """Open ``source``: None or "bundled" (offline default), a local diffusers folder, or a hub id.
 
@@ -192,28 +222,39 @@ def load_model(source: str | Path | None = None, device: str | torch.device | No
         source = str(path)
     local = Path(source).exists()
     if not local and (str(source).startswith((".", "/")) or str(source).count("/") != 1):
-        raise FileNotFoundError(f"{source!r} is neither a local diffusers folder nor a hub id (owner/name)")
+        raise FileNotFoundError(f"{source!r} is neither a local diffusers folder nor a hub id (owner/name)"
+                                f"{_nearest_folder(Path(source))}")
     owner = Path(str(source).split("/")[0])
     if not local and owner.is_dir():  # a mistyped folder: else 45 s of hub retries offline, then a hub error
-        has = ", ".join(sorted(entry.name for entry in owner.iterdir())[:8])
         raise FileNotFoundError(f"model folder {source} does not exist ({owner}/ is a folder here, so it is read as a "
-                                f"path, not a hub id); it has: {has}")
+                                f"path, not a hub id){_nearest_folder(Path(source))}")
     if local and not Path(source).is_dir():
         raise ValueError(f"model {source} is a file; give a diffusers model folder (config.json, weights, "
                          f"scheduler_config.json)")
+    model_files = ("config.json", "unet/config.json", *SCHEDULER_FILES)  # a model folder, or a pipeline's
+    inside = [entry.name for entry in sorted(Path(source).iterdir()) if (entry / "config.json").is_file()] \
+        if local and not any((Path(source) / name).is_file() for name in model_files) else []
+    if inside:
+        raise ValueError(f"{source} holds model folders, not a model: give one of {', '.join(inside)}")
     scheduler = _local_scheduler(Path(source)) if local else None  # checked first: it is cheap
+    unreachable = None if local else _hub_unreachable()
+    cached_only = local or unreachable is not None  # a hub id without a network: its cached copy, if any
     try:
         try:
-            unet = UNet2DModel.from_pretrained(str(source), local_files_only=local, low_cpu_mem_usage=False)
+            unet = UNet2DModel.from_pretrained(str(source), local_files_only=cached_only, low_cpu_mem_usage=False)
         except (OSError, EnvironmentError):
-            unet = UNet2DModel.from_pretrained(str(source), subfolder="unet", local_files_only=local, low_cpu_mem_usage=False)
+            unet = UNet2DModel.from_pretrained(str(source), subfolder="unet", local_files_only=cached_only,
+                                               low_cpu_mem_usage=False)
     except Exception as err:  # noqa: BLE001 -- diffusers and safetensors raise many types for a bad folder
         if local:  # the folder is what is wrong (missing or truncated weights, garbled config): bad input
             raise ValueError(f"cannot load a UNet2DModel from model folder {source}: {_one_line(err)}") from err
+        if unreachable:
+            raise OSError(f"hub model {source!r} is not in the Hugging Face cache and the hub cannot be reached "
+                          f"({unreachable}); hub ids need network access or a cached copy") from err
         raise OSError(f"could not load a UNet2DModel from {source!r} (hub ids need network access or a cached "
                       f"copy): {_one_line(err)}") from err
     try:
-        model = from_unet(unet, scheduler or _hub_scheduler(str(source)), str(source))
+        model = from_unet(unet, scheduler or _hub_scheduler(str(source), cached_only), str(source))
     except ValueError as err:
         raise ValueError(f"model {source}: {err}") from err
     model.unet.to(select_device(str(device) if device else None))

@@ -31,12 +31,19 @@ _stop_said = threading.Event()
 
 
 def say_stopped(signum: int) -> None:
-    """Say ``stopped_line(signum)``, once per command (``new_command``): the command says it when the run has
-    unwound, and the grace timer of ``flows.stopping`` when it has not within its seconds; both happened when
-    closing a Dask cluster outlasted the timer, and the line came twice."""
-    if not _stop_said.is_set():
-        _stop_said.set()
-        say(stopped_line(signum))
+    """Say ``stopped_line(signum)`` as the command's last line, once per command (``new_command``): the command says
+    it when the run has unwound, and the grace timer of ``flows.stopping`` when it has not within its seconds; both
+    happened when closing a Dask cluster outlasted the timer, and the line came twice. A progress bar of this
+    process was drawn again below it (``tqdm.write`` does that), so the bars are put away first."""
+    if _stop_said.is_set():
+        return
+    _stop_said.set()
+    for bar in list(tqdm._instances):  # this process's bars: cleared, and never drawn again below the line
+        bar.clear()
+        bar.disable = True
+    # In a file a bar's line has no end (it redraws with \r), and another process's bar (a Dask worker's) may be on
+    # it: the line starts on a line of its own there; on a terminal ``say`` clears the bar's line instead.
+    say(("" if sys.stderr.isatty() else "\n") + stopped_line(signum))
 
 
 def new_command() -> None:
