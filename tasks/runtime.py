@@ -106,8 +106,8 @@ def wait_all(futures, desc: str, progress: bool = True) -> None:
     UI only (the CLI sets ``PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=WARNING``). Failures are
     raised later, by the caller's ``.result()``.
     """
-    futures = list(futures)
-    for _ in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
+    futures = list(futures)  # counted in tasks (one per latent chunk and per image): "task" says so in the rate
+    for _ in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="task", disable=not progress):
         pass
 
 

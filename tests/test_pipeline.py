@@ -380,6 +380,7 @@ def test_the_console_shows_a_bar_and_the_summary_while_prefect_keeps_the_records
     console = [line for line in (stdout + stderr).split("\n") if line]  # what a terminal shows: the bar is one line
     assert "Finished in state" not in stderr and "INFO" not in stderr
     assert "mining: 100%" in stderr and "catalogue: 100%" in stderr and len(console) <= 5, console
+    assert re.search(r"mining: 100%.*(task/s|s/task)", stderr), stderr  # it counts tasks, not images
     with get_client(sync_client=True) as client:
         since = FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started))
         ours = [r for r in client.read_flow_runs(flow_run_filter=since) if r.parameters.get("out") == str(run_dir)]
