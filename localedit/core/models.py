@@ -207,24 +207,14 @@ def _nearest_folder(path: Path, shown: int = 8) -> str:
     return f"; {where} has: {', '.join(names[:shown]) or 'nothing'}{more}"
 
 
-def load_model(source: str | Path | None = None, device: str | torch.device | None = None) -> DiffusionModel:
-    """Open ``source``: None or "bundled" (offline default), a local diffusers folder, or a hub id.
-
-    Hub ids need the network (or a warm Hugging Face cache); offline, their error says so. An owner/name whose
-    owner is a folder here (``data/model``) is read as a mistyped path: FileNotFoundError, without asking the hub.
-    """
-    if source is None or str(source) == "bundled":
-        path = BUNDLED_MODEL_DIR
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(
-                f"the bundled model is missing at {path}; train it with `python -m flows.train`"
-            )
-        source = str(path)
+def _is_local_folder(source: str) -> bool:
+    """True for a local model folder, False for a hub id (owner/name); FileNotFoundError or ValueError, naming
+    what is there, for a path that is neither a model folder nor could be a hub id."""
     local = Path(source).exists()
-    if not local and (str(source).startswith((".", "/")) or str(source).count("/") != 1):
+    if not local and (source.startswith((".", "/")) or source.count("/") != 1):
         raise FileNotFoundError(f"{source!r} is neither a local diffusers folder nor a hub id (owner/name)"
                                 f"{_nearest_folder(Path(source))}")
-    owner = Path(str(source).split("/")[0])
+    owner = Path(source.split("/")[0])
     if not local and owner.is_dir():  # a mistyped folder: else 45 s of hub retries offline, then a hub error
         raise FileNotFoundError(f"model folder {source} does not exist ({owner}/ is a folder here, so it is read as a "
                                 f"path, not a hub id){_nearest_folder(Path(source))}")
@@ -236,6 +226,24 @@ def load_model(source: str | Path | None = None, device: str | torch.device | No
         if local and not any((Path(source) / name).is_file() for name in model_files) else []
     if inside:
         raise ValueError(f"{source} holds model folders, not a model: give one of {', '.join(inside)}")
+    return local
+
+
+def load_model(source: str | Path | None = None, device: str | torch.device | None = None) -> DiffusionModel:
+    """Open ``source``: None or "bundled" (offline default), a local diffusers folder, or a hub id.
+
+    Hub ids need the network or the Hugging Face cache: where the hub's host does not resolve, only the cache is
+    read, and an uncached id fails at once (OSError) naming the cause. An owner/name whose owner is a folder here
+    (``data/model``) is read as a mistyped path: FileNotFoundError listing that folder, without asking the hub.
+    """
+    if source is None or str(source) == "bundled":
+        path = BUNDLED_MODEL_DIR
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(
+                f"the bundled model is missing at {path}; train it with `python -m flows.train`"
+            )
+        source = str(path)
+    local = _is_local_folder(str(source))
     scheduler = _local_scheduler(Path(source)) if local else None  # checked first: it is cheap
     unreachable = None if local else _hub_unreachable()
     cached_only = local or unreachable is not None  # a hub id without a network: its cached copy, if any
