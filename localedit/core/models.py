@@ -210,23 +210,24 @@ def _nearest_folder(path: Path, shown: int = 8) -> str:
 def _is_local_folder(source: str) -> bool:
     """True for a local model folder, False for a hub id (owner/name); FileNotFoundError or ValueError, naming
     what is there, for a path that is neither a model folder nor could be a hub id."""
-    local = Path(source).exists()
-    if not local and (source.startswith((".", "/")) or source.count("/") != 1):
-        raise FileNotFoundError(f"{source!r} is neither a local diffusers folder nor a hub id (owner/name)"
-                                f"{_nearest_folder(Path(source))}")
-    owner = Path(source.split("/")[0])
-    if not local and owner.is_dir():  # a mistyped folder: else 45 s of hub retries offline, then a hub error
-        raise FileNotFoundError(f"model folder {source} does not exist ({owner}/ is a folder here, so it is read as a "
-                                f"path, not a hub id){_nearest_folder(Path(source))}")
-    if local and not Path(source).is_dir():
+    path = Path(source)
+    if not path.exists():
+        if source.startswith((".", "/")) or source.count("/") != 1:
+            raise FileNotFoundError(f"{source!r} is neither a local diffusers folder nor a hub id (owner/name)"
+                                    f"{_nearest_folder(path)}")
+        owner = Path(source.split("/")[0])
+        if owner.is_dir():  # a mistyped folder: else 45 s of hub retries offline, then a hub error
+            raise FileNotFoundError(f"model folder {source} does not exist ({owner}/ is a folder here, so it is read "
+                                    f"as a path, not a hub id){_nearest_folder(path)}")
+        return False
+    if not path.is_dir():
         raise ValueError(f"model {source} is a file; give a diffusers model folder (config.json, weights, "
                          f"scheduler_config.json)")
-    model_files = ("config.json", "unet/config.json", *SCHEDULER_FILES)  # a model folder, or a pipeline's
-    inside = [entry.name for entry in sorted(Path(source).iterdir()) if (entry / "config.json").is_file()] \
-        if local and not any((Path(source) / name).is_file() for name in model_files) else []
-    if inside:
-        raise ValueError(f"{source} holds model folders, not a model: give one of {', '.join(inside)}")
-    return local
+    if not any((path / name).is_file() for name in ("config.json", "unet/config.json", *SCHEDULER_FILES)):
+        inside = [entry.name for entry in sorted(path.iterdir()) if (entry / "config.json").is_file()]
+        if inside:  # a folder of model folders (data/models), not a model or a pipeline's folder
+            raise ValueError(f"{source} holds model folders, not a model: give one of {', '.join(inside)}")
+    return True
 
 
 def load_model(source: str | Path | None = None, device: str | torch.device | None = None) -> DiffusionModel:
